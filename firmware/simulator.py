@@ -1,0 +1,127 @@
+"""The desktop simulator: the real firmware with simulated drivers, in this terminal.
+
+Run by ``./byline run``. The OLED is drawn in the terminal, the PC keyboard is the keypad and
+hook switch, GPIO is gpiozero's MockFactory (LED states shown under the screen), and the local
+lab (Prosody and Kamailio on free loopback ports) starts beside the phone. Logs go to a file in
+the run directory, never to the terminal the phone draws on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from drivers.display import register_display_backend
+from drivers.display.terminal import open_terminal, text_size
+from drivers.keys import register_backend
+from drivers.keys.keyboard import KEYMAP_HELP, open_keyboard
+from firmware.config import Config, load_config
+from firmware.state import PhoneState
+from firmware.supervisor import Supervisor
+from firmware.units import DisplayUnit, IndicatorsUnit, Unit
+
+log = logging.getLogger("byline.simulator")
+
+SIMULATED_DRIVERS = {
+    "display__driver": "terminal",
+    "keys__driver": "keyboard",
+    "gpio__pin_factory": "mock",
+    "lab__enabled": True,
+}
+
+
+class PanelUnit(Unit):
+    """Prints the simulator's panel under the screen: hook, LEDs, lab and the key map."""
+
+    name = "panel"
+
+    def __init__(self, display: DisplayUnit, indicators: IndicatorsUnit | None):
+        self._display = display
+        self._indicators = indicators
+        self.lab_line = "lab: off"
+
+    def show(self, state: PhoneState) -> None:
+        if self._display.display is None:
+            return
+        leds = self._indicators.indicators.state() if self._indicators and self._indicators.indicators else {}
+        lines = [
+            f"handset: {'LIFTED' if state.off_hook else 'on cradle'}   "
+            + "  ".join(f"{name}:{mode}" for name, mode in leds.items()),
+            self.lab_line,
+            *(f"  {keys:<16} {what}" for keys, what in KEYMAP_HELP),
+        ]
+        top = text_size(self._display.display.device.style)[1] + 1
+        out = "".join(f"\x1b[{top + i};1H\x1b[2K{line}" for i, line in enumerate(lines))
+        sys.stdout.write(out)
+        sys.stdout.flush()
+
+
+async def _start_lab(run_dir: Path, panel: PanelUnit, supervisor: Supervisor) -> object | None:
+    panel.lab_line = "lab: starting Prosody and Kamailio..."
+    panel.show(supervisor.state)
+    lab = None
+    try:
+        from lab import Lab
+
+        lab = Lab(run_dir / "lab")
+        await asyncio.get_running_loop().run_in_executor(None, lab.start)
+    except Exception as e:  # the phone works without the lab; say why it is missing
+        log.error("lab did not start: %s", e)
+        panel.lab_line = f"lab: failed ({e}); see the log"
+    else:
+        panel.lab_line = f"lab: {lab.summary()}"
+    panel.show(supervisor.state)
+    return lab
+
+
+async def run(config: Config, run_dir: Path) -> None:
+    stop = asyncio.Event()
+    register_display_backend("terminal", open_terminal)
+    register_backend("keyboard", functools.partial(open_keyboard, fd=sys.stdin.fileno(), on_quit=stop.set))
+    supervisor = Supervisor(config)
+    display = next(u for u in supervisor.units if isinstance(u, DisplayUnit))
+    indicators = next((u for u in supervisor.units if isinstance(u, IndicatorsUnit)), None)
+    panel = PanelUnit(display, indicators)
+    supervisor.units.append(panel)
+    sys.stdout.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear the screen
+    lab = None
+    try:
+        runner = asyncio.create_task(supervisor.run(stop))
+        if config["lab.enabled"]:
+            lab = await _start_lab(run_dir, panel, supervisor)
+        await runner
+    finally:
+        if lab is not None:
+            lab.stop()
+        sys.stdout.write("\x1b[?25h\x1b[2J\x1b[H")
+        sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./byline run", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="a TOML config file (the simulated drivers are kept)")
+    parser.add_argument("--no-lab", action="store_true", help="do not start the local lab")
+    parser.add_argument("--run-dir", help="where logs and the lab live (default: a new temporary directory)")
+    args = parser.parse_args(argv)
+    if not os.isatty(sys.stdin.fileno()):
+        print("byline: the simulator needs a terminal; for headless runs use ./byline scenario", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="byline-sim-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=run_dir / "byline.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = dict(SIMULATED_DRIVERS, lab__enabled=not args.no_lab)
+    config = load_config(args.config).with_values(**overrides)
+    asyncio.run(run(config, run_dir))
+    print(f"byline: stopped; log in {run_dir / 'byline.log'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

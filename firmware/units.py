@@ -1,0 +1,168 @@
+"""The supervisor's units: each wraps one device, has its config section and a clean start/stop.
+
+Contract: ``start(post)`` opens the device and may begin posting events; it raises DeviceError
+when the device is missing or broken, and the supervisor then disables that unit with one
+logged line naming the config key. ``show(state)`` is called on the loop after every change of
+state (outputs redraw or relight from it). ``stop()`` releases the device and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from drivers.display import Display, open_display
+from drivers.errors import DeviceError
+from drivers.indicators import Indicators
+from drivers.keys import open_keys
+from drivers.pinmap import load_pinmap
+from firmware.config import SETTINGS, Config
+from firmware.state import Event, PhoneState
+from firmware.ui.screens import render
+
+log = logging.getLogger(__name__)
+
+
+def config_key(section: str, setting: str) -> str:
+    """The config key a driver's setting came from (gpio settings are shared by several units)."""
+    for key in (f"{section}.{setting}", f"gpio.{setting}"):
+        if key in SETTINGS:
+            return key
+    return f"{section}.{setting}"
+
+
+class Unit:
+    name = "unit"
+    section = ""
+
+    def start(self, post: Callable[[Event], None]) -> None:
+        pass
+
+    def show(self, state: PhoneState) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class Gpio:
+    """The one gpiozero pin factory and pin map that every GPIO unit shares."""
+
+    def __init__(self, config: Config):
+        self._config = config
+        self._factory = None
+
+    @property
+    def factory(self):
+        if self._factory is None:
+            from drivers.gpio import open_pin_factory
+
+            self._factory = open_pin_factory(self._config["gpio.pin_factory"])
+        return self._factory
+
+    @property
+    def pinmap(self):
+        return load_pinmap(self._config["gpio.pinmap"])
+
+    def close(self) -> None:
+        if self._factory is not None:
+            self._factory.close()
+            self._factory = None
+
+
+class DisplayUnit(Unit):
+    """Draws every state on the OLED; blanks it while the state says the screen is off."""
+
+    name = section = "display"
+
+    def __init__(self, config: Config, gpio: Gpio):
+        self._settings = config.section("display")
+        self._gpio = gpio
+        self.display: Display | None = None
+
+    def start(self, post: Callable[[Event], None]) -> None:
+        settings = dict(self._settings)
+        if settings["driver"] in ("sh1106", "ssd1306") and settings["bus"] == "spi":
+            settings.update(pin_factory=self._gpio.factory, pinmap=self._gpio.pinmap)
+        self.display = open_display(settings.pop("driver"), **settings)
+
+    def show(self, state: PhoneState) -> None:
+        if not state.screen_on:
+            if not self.display.asleep:
+                self.display.sleep()
+            return
+        if self.display.asleep:
+            self.display.wake()
+        frame = render(state)
+        # Most state changes (the clock's seconds, a key release) leave the pixels as they were.
+        if self.display.last_frame is None or frame.tobytes() != self.display.last_frame.tobytes():
+            self.display.show(frame)
+
+    def stop(self) -> None:
+        if self.display is not None:
+            self.display.close()
+
+
+class KeysUnit(Unit):
+    """Posts key and hook events from the configured keys backend onto the loop."""
+
+    name = section = "keys"
+
+    def __init__(self, config: Config, gpio: Gpio):
+        self._config = config
+        self._gpio = gpio
+        self._source = None
+        self._task: asyncio.Task | None = None
+
+    def start(self, post: Callable[[Event], None]) -> None:
+        settings = self._config.section("keys")
+        driver = settings.pop("driver")
+        if driver == "matrix":
+            settings.update(pin_factory=self._gpio.factory, pinmap=self._gpio.pinmap)
+        self._source = open_keys(driver, **settings)
+        self._task = asyncio.get_running_loop().create_task(self._source.run(post), name="keys")
+        self._task.add_done_callback(self._report_end)
+
+    def _report_end(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("keys stopped: %s", task.exception())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._source is not None:
+            self._source.close()
+
+
+class IndicatorsUnit(Unit):
+    """LEDs and ringer mirror the state: the in-call LED lights while the handset is lifted."""
+
+    name = section = "indicators"
+
+    def __init__(self, config: Config, gpio: Gpio):
+        self._gpio = gpio
+        self.indicators: Indicators | None = None
+
+    def start(self, post: Callable[[Event], None]) -> None:
+        self.indicators = Indicators(self._gpio.pinmap, self._gpio.factory)
+
+    def show(self, state: PhoneState) -> None:
+        self.indicators.set("in_call", "on" if state.off_hook else "off")
+
+    def stop(self) -> None:
+        if self.indicators is not None:
+            self.indicators.close()
+
+
+def build_units(config: Config, gpio: Gpio) -> list[Unit]:
+    """The units this configuration asks for, outputs last so they see the first state whole."""
+    units: list[Unit] = [KeysUnit(config, gpio), DisplayUnit(config, gpio)]
+    if config["indicators.enabled"]:
+        units.append(IndicatorsUnit(config, gpio))
+    return units
+
+
+def describe_failure(unit: Unit, error: DeviceError) -> str:
+    """One line for the log and the Settings screen: the config key, then what went wrong."""
+    return f"{config_key(unit.section, error.setting)}: {error.device}: {error.reason}"

@@ -1,0 +1,1 @@
+"""Byline handset hardware: pin tables and device-tree overlays generated from hw/pinmap.toml."""

@@ -1,0 +1,58 @@
+"""Golden images: the scenario runner renders the screen tour; every frame must match its PNG.
+
+After an intended change of a screen, regenerate with BYLINE_UPDATE_GOLDEN=1 and look at the
+new PNGs before committing them.
+"""
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageChops
+
+from firmware.scenario import headless_config, parse_script, run_script
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = HERE / "golden"
+TOUR = HERE / "scenarios" / "tour.txt"
+UPDATE = os.environ.get("BYLINE_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tour")
+    frames = out / "frames"
+    frames.mkdir()
+    config = headless_config(display__driver="capture", display__capture_dir=str(frames))
+    snaps = asyncio.run(run_script(parse_script(TOUR.read_text()), out, config))
+    boot = out / "boot.png"
+    Image.open(frames / "frame_000001.png").save(boot)
+    return {p.stem: p for p in [boot, *snaps]}
+
+
+EXPECTED = ("boot", "pin_entry", "pin_entry_three_digits", "pin_entry_too_short", "home", "menu",
+            "menu_settings", "settings", "home_off_hook", "security")
+
+
+def test_the_tour_snaps_every_expected_screen(tour):
+    assert sorted(tour) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_screen_matches_golden(tour, name):
+    frame = Image.open(tour[name]).convert("1")
+    golden_path = GOLDEN / f"{name}.png"
+    if UPDATE:
+        frame.save(golden_path)
+    golden = Image.open(golden_path).convert("1")
+    assert frame.size == golden.size == (128, 64)
+    diff = ImageChops.difference(frame.convert("L"), golden.convert("L")).getbbox()
+    assert diff is None, f"{name} differs from {golden_path} in the box {diff}"
+
+
+def test_a_changed_screen_is_caught(tour):
+    frame = Image.open(tour["home"]).convert("1")
+    frame.putpixel((64, 32), 1 - frame.getpixel((64, 32)))
+    golden = Image.open(GOLDEN / "home.png").convert("1")
+    assert ImageChops.difference(frame.convert("L"), golden.convert("L")).getbbox() is not None

@@ -1,0 +1,134 @@
+"""The supervisor keeps the phone up whatever its devices and config do."""
+
+import asyncio
+import logging
+
+import pytest
+
+from drivers.errors import DeviceError
+from firmware.config import load_config
+from firmware.scenario import ScenarioPhone, headless_config
+from firmware.state import PhoneState
+from firmware.units import DisplayUnit, IndicatorsUnit, Unit
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def test_a_missing_oled_is_one_line_naming_the_key_and_the_phone_still_runs(caplog):
+    # No /dev/i2c-7 on a test machine: the real sh1106 driver cannot open it.
+    config = headless_config(display__driver="sh1106", display__i2c_port=7)
+
+    async def scenario():
+        async with ScenarioPhone(config) as phone:
+            await phone.press(*"123456", "ok")
+            await phone.wait_screen("home")
+            return phone.state
+
+    with caplog.at_level(logging.WARNING):
+        state = run(scenario())
+    assert any(n.startswith("display.i2c_port: display:") for n in state.notices), state.notices
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "display.i2c_port" in errors[0].getMessage()
+    assert errors[0].exc_info is None, "a missing device is one line, not a traceback"
+
+
+def test_no_gpio_chip_disables_keys_and_indicators_but_not_the_display():
+    config = headless_config(gpio__pin_factory="lgpio")
+
+    async def scenario():
+        async with ScenarioPhone(config) as phone:
+            return phone.state, phone.frame()
+
+    state, frame = run(scenario())
+    gpio_notices = [n for n in state.notices if n.startswith("gpio.pin_factory:")]
+    assert len(gpio_notices) == 2, state.notices  # keys and indicators
+    assert frame is not None and frame.getbbox() is not None
+
+
+def test_bad_config_values_are_shown_and_the_phone_boots(tmp_path):
+    path = tmp_path / "byline.toml"
+    path.write_text('[display]\ncontrast = "max"\n[ui]\nscreen_off_s = -5\n')
+    config = headless_config(load_config(path))
+
+    async def scenario():
+        async with ScenarioPhone(config) as phone:
+            await phone.press(*"123456", "ok", "ok", "5")
+            return phone.state
+
+    state = run(scenario())
+    assert state.screen == "section" and state.section == "Settings"
+    assert any("display.contrast" in n for n in state.notices)
+    assert any("ui.screen_off_s" in n for n in state.notices)
+
+
+class ExplodingUnit(Unit):
+    name = section = "exploder"
+
+    def __init__(self):
+        self.shown = 0
+
+    def show(self, state: PhoneState) -> None:
+        self.shown += 1
+        if state.screen == "home":
+            raise RuntimeError("bug in a unit")
+
+
+def test_a_unit_that_fails_is_disabled_and_the_rest_carries_on(caplog):
+    exploder = ExplodingUnit()
+
+    async def scenario():
+        phone = ScenarioPhone()
+        phone.supervisor.units.append(exploder)
+        async with phone:
+            await phone.press(*"123456", "ok")
+            shown_when_failed = exploder.shown
+            await phone.press("ok")
+            return phone.state, shown_when_failed, phone.frame()
+
+    state, shown_when_failed, frame = run(scenario())
+    assert state.screen == "menu"
+    assert exploder.shown == shown_when_failed, "a failed unit must not be shown more states"
+    assert any("exploder failed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_screen_blanks_after_idle_and_wakes_on_a_key():
+    config = headless_config(ui__screen_off_s=30)
+
+    async def scenario():
+        async with ScenarioPhone(config) as phone:
+            display = next(u for u in phone.supervisor.units if isinstance(u, DisplayUnit)).display
+            await phone.advance(31)
+            asleep_after_idle = display.asleep
+            await phone.press("1")
+            return asleep_after_idle, display.asleep, phone.state.pin
+
+    asleep_after_idle, asleep_after_key, pin = run(scenario())
+    assert asleep_after_idle and not asleep_after_key
+    assert pin == "", "the key that wakes the screen must not be typed"
+
+
+def test_in_call_led_follows_the_hook():
+    async def scenario():
+        async with ScenarioPhone() as phone:
+            indicators = next(u for u in phone.supervisor.units if isinstance(u, IndicatorsUnit)).indicators
+            await phone.lift()
+            lifted = indicators.state()["in_call"]
+            await phone.hang_up()
+            return lifted, indicators.state()["in_call"]
+
+    assert run(scenario()) == ("on", "off")
+
+
+def test_unchanged_pixels_are_not_sent_again():
+    async def scenario():
+        async with ScenarioPhone() as phone:
+            display = next(u for u in phone.supervisor.units if isinstance(u, DisplayUnit)).display
+            before = display.frames_shown
+            await phone.advance(1)  # the clock's seconds move; the minute does not
+            await phone.press("up")  # a key the PIN screen ignores
+            return before, display.frames_shown
+
+    before, after = run(scenario())
+    assert after == before

@@ -67,11 +67,9 @@ class MatrixKeypad:
     Rows are outputs, idle HIGH; the selected row is driven LOW. Columns and the hook are
     inputs with pull-ups, so a closed contact reads LOW. Each key and the hook are debounced
     on their own (DebouncedContact), so keys held together are reported independently.
-    Three keys at the corners of a rectangle show a phantom fourth (no per-key diodes). Idle rows
-    are driven HIGH, not floated, so two keys held in one column join a HIGH row to the LOW one:
-    a current through the keys and a column level that is a fight between two outputs. The board
-    needs a Schottky diode in each row line (cathode to the GPIO), which makes the rows
-    open-drain; then any two keys are read right.
+    Idle rows are driven HIGH, so the board has a diode in each row line (cathode to the GPIO,
+    hw/wiring.md): without them two keys held in one column would join a HIGH row to the LOW one.
+    With them the rows behave as open-drain and any two keys held are read right.
 
     ``scan(now)`` reads every pin once and returns the debounced events; ``run(post)`` calls
     it every 1/scan_hz s on the running asyncio loop. ``close()`` releases every pin.

@@ -105,7 +105,7 @@ def render_keypad(pinmap: PinMap) -> str:
                 f"\t\t\t\t\t0x{cell:08x}\t/* MATRIX_KEY({c}, {r}, {macro}): row R{r + 1} x column C{c + 1} = {name!r} */"
             )
     keymap = "\n".join(keymap_lines)
-    description = f"""\
+    description = """\
  * Byline key matrix: the 4x3 membrane keypad plus the navigation buttons on their own column,
  * scanned by the kernel's gpio-matrix-keypad driver. The driver's rows are the pin map's
  * columns (sensed, pulled up) and its columns the pin map's rows (driven low in turn)."""

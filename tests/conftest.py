@@ -23,6 +23,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def pinmap():
+    """The handset's pin map (hw/pinmap.toml)."""
+    from drivers.pinmap import load_pinmap
+
+    return load_pinmap()
+
+
+@pytest.fixture
+def factory():
+    """A fresh gpiozero MockFactory: pins of its own, nothing shared between tests."""
+    from gpiozero.pins.mock import MockFactory
+
+    return MockFactory()
+
+
+@pytest.fixture
 def handset_config():
     """The real handset's configuration (only for tests marked hil)."""
     from firmware.config import load_config

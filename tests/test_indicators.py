@@ -6,24 +6,12 @@ import time
 
 import pytest
 from gpiozero import LED
-from gpiozero.pins.mock import MockFactory
 
 from drivers.errors import DeviceError
 from drivers.indicators import BLINK_CADENCE_S, LED_NAMES, RING_CADENCE_S, RINGER, Indicators
 from drivers.keys.matrix import MatrixKeypad
-from drivers.pinmap import load_pinmap
 
 TIMING_TOLERANCE_S = 0.03  # thread wake-ups on a busy 2-core CI machine
-
-
-@pytest.fixture
-def pinmap():
-    return load_pinmap()
-
-
-@pytest.fixture
-def factory():
-    return MockFactory()
 
 
 @pytest.fixture

@@ -6,26 +6,15 @@ import time
 
 import pytest
 from gpiozero import LED
-from gpiozero.pins.mock import MockFactory
 
 from drivers.errors import DeviceError
 from drivers.keys import BACKENDS, KEYPAD_KEYS, OFF_HOOK, ON_HOOK, KeyEvent, open_keys, register_backend
 from drivers.keys.matrix import MatrixKeypad, open_matrix_keypad
 from drivers.keys.mock_wiring import MockKeypadWiring
-from drivers.pinmap import DEFAULT_PINMAP, load_pinmap
+from drivers.pinmap import DEFAULT_PINMAP
 
 SCAN_PERIOD_S = 0.01  # the default 100 Hz
 DEBOUNCE_SCANS = 2  # the default 20 ms is two scan periods after the first scan that sees a change
-
-
-@pytest.fixture
-def pinmap():
-    return load_pinmap()
-
-
-@pytest.fixture
-def factory():
-    return MockFactory()
 
 
 @pytest.fixture

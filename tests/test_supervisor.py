@@ -3,9 +3,7 @@
 import asyncio
 import logging
 
-import pytest
 
-from drivers.errors import DeviceError
 from firmware.config import load_config
 from firmware.scenario import ScenarioPhone, headless_config
 from firmware.state import PhoneState

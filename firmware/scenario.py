@@ -31,6 +31,7 @@ from PIL import Image
 from drivers.keys.events import HOOK, KEYPAD_KEYS, KeyEvent
 from firmware.config import Config, defaults, load_config
 from firmware.state import PhoneState, Tick
+from firmware.simulator import SIMULATED_DRIVERS
 from firmware.supervisor import Supervisor
 from firmware.units import DisplayUnit
 
@@ -39,9 +40,9 @@ WAIT_TIMEOUT_S = 5.0
 SCREENS = ("boot", "pin_entry", "home", "menu", "section")
 
 HEADLESS_DRIVERS = {
+    **SIMULATED_DRIVERS,
     "display__driver": "dummy",
     "keys__driver": "matrix",
-    "gpio__pin_factory": "mock",
     "lab__enabled": False,
 }
 

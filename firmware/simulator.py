@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from drivers.audio import SHIPPED_ALSA_CONFIG
 from drivers.display import register_display_backend
 from drivers.display.terminal import open_terminal, text_size
 from drivers.keys import register_backend
@@ -32,6 +33,11 @@ SIMULATED_DRIVERS = {
     "display__driver": "terminal",
     "keys__driver": "keyboard",
     "gpio__pin_factory": "mock",
+    # No sound card on a PC we can count on: the shipped ALSA PCMs, paced by our own clock.
+    "audio__capture_device": "byline_silence",
+    "audio__playback_device": "byline_null",
+    "audio__alsa_config": str(SHIPPED_ALSA_CONFIG),
+    "audio__paced_by": "clock",
     "lab__enabled": True,
 }
 

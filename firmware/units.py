@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Callable
 
+from drivers.audio import AudioPump, open_audio
 from drivers.display import Display, open_display
 from drivers.errors import DeviceError
 from drivers.indicators import Indicators
@@ -19,6 +20,7 @@ from drivers.keys import open_keys
 from drivers.pinmap import load_pinmap
 from firmware.config import SETTINGS, Config
 from firmware.state import Event, PhoneState
+from firmware.tones import DialTone
 from firmware.ui.screens import render
 
 log = logging.getLogger(__name__)
@@ -155,11 +157,50 @@ class IndicatorsUnit(Unit):
             self.indicators.close()
 
 
+class AudioUnit(Unit):
+    """The codec: the earpiece plays the dial tone while the handset is lifted on the home screen.
+
+    The 20 ms loop runs on the AudioPump's thread; ``show`` only flips a flag that thread reads.
+    """
+
+    name = section = "audio"
+
+    def __init__(self, config: Config):
+        self._settings = {k: v for k, v in config.section("audio").items() if k != "enabled"}
+        self._device = None
+        self._pump: AudioPump | None = None
+        self._tone: DialTone | None = None
+        self.dial_tone = False
+
+    def start(self, post: Callable[[Event], None]) -> None:
+        self._device = open_audio(**self._settings)
+        self._tone = DialTone(self._device.rate)
+        self._pump = AudioPump(self._device, self._next_frame, on_error=self._report_error)
+        self._pump.start()
+
+    def _next_frame(self, captured: bytes) -> bytes | None:
+        return self._tone.next_frame() if self.dial_tone else None
+
+    def _report_error(self, error: BaseException) -> None:
+        log.error("audio stopped: %s", error)
+
+    def show(self, state: PhoneState) -> None:
+        self.dial_tone = state.off_hook and state.screen == "home"
+
+    def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.stop()
+        if self._device is not None:
+            self._device.close()
+
+
 def build_units(config: Config, gpio: Gpio) -> list[Unit]:
     """The units this configuration asks for, outputs last so they see the first state whole."""
     units: list[Unit] = [KeysUnit(config, gpio), DisplayUnit(config, gpio)]
     if config["indicators.enabled"]:
         units.append(IndicatorsUnit(config, gpio))
+    if config["audio.enabled"]:
+        units.append(AudioUnit(config))
     return units
 
 

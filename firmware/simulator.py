@@ -75,13 +75,14 @@ async def _start_lab(run_dir: Path, panel: PanelUnit, supervisor: Supervisor) ->
     try:
         from lab import Lab
 
-        lab = Lab(run_dir / "lab")
+        lab = Lab(directory=run_dir / "lab")
         await asyncio.get_running_loop().run_in_executor(None, lab.start)
     except Exception as e:  # the phone works without the lab; say why it is missing
         log.error("lab did not start: %s", e)
         panel.lab_line = f"lab: failed ({e}); see the log"
     else:
-        panel.lab_line = f"lab: {lab.summary()}"
+        panel.lab_line = (f"lab: XMPP {lab.xmpp.domain} at {lab.xmpp.host}:{lab.xmpp.port}, "
+                          f"SIP at {lab.sip.host}:{lab.sip.port}, users {' '.join(lab.users)}")
     panel.show(supervisor.state)
     return lab
 

@@ -46,3 +46,6 @@ def handset_config():
     config = load_config(HANDSET_CONFIG)
     assert not config.problems, config.problems
     return config
+
+
+pytest_plugins = ["lab.pytest_plugin"]

@@ -65,9 +65,10 @@ class TmuxSimulator:
     def __init__(self, run_dir: Path):
         self.socket = f"byline-test-{uuid.uuid4().hex[:8]}"
         self.run_dir = run_dir
-        command = f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -m firmware.simulator --run-dir {run_dir}"
+        # The pane outlives the simulator long enough to read its last words and exit status.
+        command = (f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -m firmware.simulator --run-dir {run_dir}; "
+                   f"echo simulator exit status $?; sleep {SCREEN_TIMEOUT_S}")
         self.tmux("new-session", "-d", "-s", "sim", "-x", "140", "-y", "50", command)
-        self.tmux("set-option", "-t", "sim", "remain-on-exit", "on")
 
     def tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", "-L", self.socket, *args], check=True, capture_output=True, text=True).stdout
@@ -130,11 +131,12 @@ def test_simulator_in_tmux_shows_home_and_navigates_the_menu(tmp_path):
         sim.send("BSpace")
         sim.wait_for_screen(golden["home"], header_and_soft_key)
         lab_line = sim.wait_for_text("lab: ")
-        sim.wait_for_text("xmpp")
+        sim.wait_for_text("XMPP byline.lab at 127.0.0.1:")
         sim.send("Space")
         sim.wait_for_text("handset: LIFTED")
         sim.send("q")
         sim.wait_for_text("byline: stopped")
+        sim.wait_for_text("simulator exit status 0")
     except AssertionError:
         log = tmp_path / "byline.log"
         print(log.read_text() if log.exists() else "no log")

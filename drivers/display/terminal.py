@@ -82,6 +82,7 @@ class TerminalDevice(dummy):
         self._out = out
         self.style = style
         self._hidden = False
+        self._closed = False
 
     def display(self, image: Image.Image) -> None:
         super().display(image)
@@ -96,7 +97,13 @@ class TerminalDevice(dummy):
         self._hidden = False
         self._paint(self.image)
 
+    def cleanup(self) -> None:
+        # luma calls cleanup again at interpreter exit; by then the terminal belongs to the shell.
+        self._closed = True
+
     def _paint(self, image: Image.Image) -> None:
+        if self._closed:
+            return
         body = image_to_text(image, self.style)
         width = len(body[0])
         lines = ["┌" + "─" * width + "┐", *("│" + line + "│" for line in body), "└" + "─" * width + "┘"]

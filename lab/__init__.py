@@ -1,0 +1,177 @@
+"""The local lab: a real Prosody (XMPP) and a real Kamailio (SIP) on 127.0.0.1, for tests and the simulator.
+
+    with Lab() as lab:                      # demo users alice, bob, echo with random passwords
+        lab.users["alice"]                  # her password (the same on both servers)
+        lab.xmpp.host, lab.xmpp.port        # STARTTLS c2s port; trust lab.xmpp.ca_path
+        lab.xmpp.jid("alice")               # "alice@byline.lab"
+        lab.sip.registrar_uri               # "sip:127.0.0.1:PORT"
+        lab.sip.uri("bob")                  # "sip:bob@127.0.0.1:PORT": register as it, call it
+
+Both servers listen on free ports of 127.0.0.1 and keep their configuration, data and logs in
+the lab directory. They are stopped by ``stop()`` (or leaving the ``with`` block), and also when
+the Python process that started them dies (see lab/processes.py for the one exception). The lab never writes to stdout or stderr: it reports
+through ``logging`` (logger ``lab``), and its errors are ``LabError`` (servers that fail to start,
+with their log tail) or ``ValueError`` (bad user names or passwords).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from lab.certs import create_certificates
+from lab.kamailio import KamailioServer, SipService
+from lab.processes import LOG_TAIL_LINES, LOOPBACK, LabError, ManagedProcess
+from lab.prosody import ProsodyServer, XmppService
+from lab.users import check_user, new_password
+
+__all__ = ["DEMO_USERS", "DEFAULT_DOMAIN", "Lab", "LabError", "SipService", "XmppService"]
+
+log = logging.getLogger(__name__)
+
+DEMO_USERS = ("alice", "bob", "echo")
+DEFAULT_DOMAIN = "byline.lab"
+DOMAIN_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+TEMPORARY_DIRECTORY_PREFIX = "byline-lab-"
+
+
+class Lab:
+    """Prosody and/or Kamailio sharing one set of users, started by ``start()`` or ``with``.
+
+    ``users`` is a list of names (each gets a random password) or a mapping name -> password.
+    ``xmpp`` / ``sip`` choose the servers. ``directory`` holds everything and is kept (reused, it
+    keeps Prosody's accounts and data from earlier runs; the lab's users get their passwords set
+    anew); without it the lab makes a temporary directory and deletes it, logs included, on
+    ``stop()``. ``start()`` blocks for about half a second: from asyncio, run it in a thread.
+    """
+
+    def __init__(
+        self,
+        users: Iterable[str] | Mapping[str, str] = DEMO_USERS,
+        *,
+        xmpp: bool = True,
+        sip: bool = True,
+        domain: str = DEFAULT_DOMAIN,
+        directory: Path | str | None = None,
+    ):
+        if not DOMAIN_PATTERN.match(domain):
+            raise ValueError(f"lab domain {domain!r} must be a DNS name of a-z 0-9 . - (like {DEFAULT_DOMAIN!r})")
+        if not (xmpp or sip):
+            raise ValueError("a lab needs at least one server: xmpp=True or sip=True")
+        if isinstance(users, str):
+            raise ValueError(f"users must be a list of names or a mapping name -> password, not the string {users!r}")
+        passwords = dict(users) if isinstance(users, Mapping) else {name: new_password() for name in users}
+        for name, password in passwords.items():
+            check_user(name, password)
+        self._passwords = passwords
+        self._want_xmpp = xmpp
+        self._want_sip = sip
+        self.domain = domain
+        self._given_directory = Path(directory) if directory is not None else None
+        self._directory: Path | None = None
+        self._prosody: ProsodyServer | None = None
+        self._kamailio: KamailioServer | None = None
+        self._started = False
+
+    @property
+    def users(self) -> Mapping[str, str]:
+        """User name -> password, read-only; every user exists on every server of the lab."""
+        return MappingProxyType(self._passwords)
+
+    @property
+    def directory(self) -> Path:
+        """The lab directory (configuration, data, certificates, logs); ``LabError`` before ``start()``."""
+        if self._directory is None:
+            raise LabError("the lab has no directory before start()")
+        return self._directory
+
+    @property
+    def xmpp(self) -> XmppService:
+        """Where the XMPP server is; ``LabError`` unless the lab runs with ``xmpp=True``."""
+        if self._prosody is None or self._prosody.service is None:
+            raise LabError("this lab runs no XMPP server (start it, with xmpp=True)")
+        return self._prosody.service
+
+    @property
+    def sip(self) -> SipService:
+        """Where the SIP server is; ``LabError`` unless the lab runs with ``sip=True``."""
+        if self._kamailio is None or self._kamailio.service is None:
+            raise LabError("this lab runs no SIP server (start it, with sip=True)")
+        return self._kamailio.service
+
+    @property
+    def processes(self) -> tuple[ManagedProcess, ...]:
+        """The server processes started so far (running or stopped), for PIDs and log tails."""
+        servers = (self._prosody, self._kamailio)
+        return tuple(server.process for server in servers if server is not None and server.process is not None)
+
+    @property
+    def running(self) -> bool:
+        return self._started
+
+    def start(self) -> Lab:
+        """Start the chosen servers and return once they answer; ``LabError`` (after cleaning up) if one fails."""
+        if self._started:
+            raise LabError("the lab was already started")
+        self._started = True
+        try:
+            self._directory = self._make_directory()
+            if self._want_xmpp:
+                self._start_prosody()
+            if self._want_sip:
+                self._kamailio = KamailioServer(self._directory, self._passwords)
+                self._kamailio.start()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("lab ready in %s: %s", self._directory, self._summary())
+        return self
+
+    def stop(self) -> None:
+        """Stop every server (by process group) and delete a temporary directory; safe to repeat."""
+        if not self._started:
+            return
+        for server in (self._kamailio, self._prosody):
+            if server is not None:
+                server.stop()
+        if self._given_directory is None and self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+        self._started = False
+        log.info("lab stopped")
+
+    def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` log lines of every server, one block each ("" before any started)."""
+        return "\n".join(process.log_tail(lines) for process in self.processes)
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _make_directory(self) -> Path:
+        if self._given_directory is None:
+            return Path(tempfile.mkdtemp(prefix=TEMPORARY_DIRECTORY_PREFIX))
+        self._given_directory.mkdir(parents=True, exist_ok=True)
+        return self._given_directory
+
+    def _start_prosody(self) -> None:
+        certificates = create_certificates(self._directory / "certs", [self.domain, "localhost", LOOPBACK])
+        self._prosody = ProsodyServer(self._directory, self.domain, certificates)
+        for name, password in self._passwords.items():
+            self._prosody.register(name, password)
+        self._prosody.start()
+
+    def _summary(self) -> str:
+        parts = []
+        if self._prosody is not None:
+            parts.append(f"XMPP {self.xmpp.domain} at {self.xmpp.host}:{self.xmpp.port}")
+        if self._kamailio is not None:
+            parts.append(f"SIP at {self.sip.host}:{self.sip.port}")
+        parts.append(f"users {', '.join(self._passwords)}")
+        return "; ".join(parts)

@@ -135,7 +135,10 @@ def parse_script(text: str) -> list[Step]:
     """Parse a scenario script; ScriptError names the line of the first mistake."""
     steps = []
     for number, raw in enumerate(text.splitlines(), 1):
-        words = shlex.split(raw, comments=True)
+        try:
+            words = shlex.split(raw, comments=True)
+        except ValueError as e:
+            raise ScriptError(f"line {number}: {e}: {raw.strip()!r}") from None
         if not words:
             continue
         verb, args = words[0], tuple(words[1:])

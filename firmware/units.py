@@ -9,6 +9,7 @@ state (outputs redraw or relight from it). ``stop()`` releases the device and ne
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Callable
 
@@ -63,7 +64,7 @@ class Gpio:
             self._factory = open_pin_factory(self._config["gpio.pin_factory"])
         return self._factory
 
-    @property
+    @functools.cached_property
     def pinmap(self):
         return load_pinmap(self._config["gpio.pinmap"])
 

@@ -1,0 +1,58 @@
+"""The scenario runner as a person uses it: ./byline scenario SCRIPT OUT."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from firmware.scenario import ScriptError, parse_script
+
+ROOT = Path(__file__).resolve().parent.parent
+TOUR = ROOT / "tests" / "scenarios" / "tour.txt"
+
+
+def run_scenario(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "firmware.scenario", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+def test_the_command_writes_every_frame_and_every_snap(tmp_path):
+    result = run_scenario(str(TOUR), str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    snaps = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert snaps == sorted(f"{line.split()[1]}.png" for line in TOUR.read_text().splitlines()
+                           if line.startswith("snap "))
+    frames = sorted((tmp_path / "frames").glob("frame_*.png"))
+    assert len(frames) >= len(snaps)
+    assert all(Image.open(f).size == (128, 64) for f in frames)
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("wait nowhere\n", "line 1: wait takes one of"),
+    ("# fine\npress 1 x\n", "line 2: press takes keys"),
+    ("advance soon\n", "line 1: advance takes seconds"),
+    ("snap ../escape\n", "line 1: snap takes one name"),
+    ("dance\n", "line 1: unknown step 'dance'"),
+    ('press "1\n', "line 1: No closing quotation"),
+])
+def test_a_bad_script_names_its_line(script, message):
+    with pytest.raises(ScriptError, match=message):
+        parse_script(script)
+
+
+def test_the_command_reports_a_bad_script_without_a_traceback(tmp_path):
+    script = tmp_path / "bad.txt"
+    script.write_text("press 1\nlift now\n")
+    result = run_scenario(str(script), str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "line 2: lift takes nothing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_screen_that_never_comes_is_a_clear_failure(tmp_path):
+    script = tmp_path / "stuck.txt"
+    script.write_text("wait menu\n")
+    result = run_scenario(str(script), str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "screen is 'pin_entry'" in result.stderr and "Traceback" not in result.stderr

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 from drivers.audio import SHIPPED_ALSA_CONFIG
@@ -28,6 +29,8 @@ from firmware.supervisor import Supervisor
 from firmware.units import DisplayUnit, IndicatorsUnit, Unit
 
 log = logging.getLogger("byline.simulator")
+
+PANEL_WIDTH = 80
 
 SIMULATED_DRIVERS = {
     "display__driver": "terminal",
@@ -59,8 +62,9 @@ class PanelUnit(Unit):
         lines = [
             f"handset: {'LIFTED' if state.off_hook else 'on cradle'}   "
             + "  ".join(f"{name}:{mode}" for name, mode in leds.items()),
-            self.lab_line,
-            *(f"  {keys:<16} {what}" for keys, what in KEYMAP_HELP),
+            *textwrap.wrap(self.lab_line, PANEL_WIDTH, subsequent_indent="  "),
+            *textwrap.wrap("keys: " + "   ".join(f"{keys} {what}" for keys, what in KEYMAP_HELP), PANEL_WIDTH,
+                           subsequent_indent="      "),
         ]
         top = text_size(self._display.display.device.style)[1] + 1
         out = "".join(f"\x1b[{top + i};1H\x1b[2K{line}" for i, line in enumerate(lines))

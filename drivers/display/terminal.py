@@ -22,7 +22,7 @@ BRAILLE_DOTS = ((0, 0, 0x01), (0, 1, 0x02), (0, 2, 0x04), (1, 0, 0x08),
                 (1, 1, 0x10), (1, 2, 0x20), (0, 3, 0x40), (1, 3, 0x80))
 CELL = {"halfblock": (1, 2), "braille": (2, 4)}
 FRAME_ROWS_EXTRA = 2  # the border above and below
-PANEL_ROWS = 8
+PANEL_ROWS = 6
 """Rows the simulator keeps under the screen for its panel (hook, LEDs, lab, key map)."""
 
 

@@ -29,8 +29,8 @@ class Supervisor:
     def __init__(self, config: Config, *, units: list[Unit] | None = None, gpio: Gpio | None = None,
                  clock: Callable[[], float] = time.time):
         self.config = config
-        self._gpio = gpio or Gpio(config)
-        self.units = units if units is not None else build_units(config, self._gpio)
+        self.gpio = gpio or Gpio(config)
+        self.units = units if units is not None else build_units(config, self.gpio)
         self._clock = clock
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._changed = asyncio.Condition()
@@ -92,7 +92,7 @@ class Supervisor:
             for unit in reversed(self._running):
                 unit.stop()
             self._running.clear()
-            self._gpio.close()
+            self.gpio.close()
 
     async def _tick(self) -> None:
         while True:

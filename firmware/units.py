@@ -55,6 +55,7 @@ class Gpio:
     def __init__(self, config: Config):
         self._config = config
         self._factory = None
+        self.mock_wiring = None
 
     @property
     def factory(self):
@@ -62,6 +63,12 @@ class Gpio:
             from drivers.gpio import open_pin_factory
 
             self._factory = open_pin_factory(self._config["gpio.pin_factory"])
+            if self._config["gpio.pin_factory"] == "mock":
+                # Simulated pins need simulated wires, made before any device opens them: without
+                # them the hook input floats to its pull-up and reads as a lifted handset.
+                from drivers.keys.mock_wiring import MockKeypadWiring
+
+                self.mock_wiring = MockKeypadWiring(self._factory, self.pinmap)
         return self._factory
 
     @functools.cached_property

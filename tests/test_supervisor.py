@@ -130,3 +130,22 @@ def test_unchanged_pixels_are_not_sent_again():
 
     before, after = run(scenario())
     assert after == before
+
+
+def test_simulated_gpio_rests_with_the_handset_on_the_cradle_and_presses_through_pins():
+    """The scanner runs in real time on MockFactory: the wired mock handset lies on its cradle,
+    and a key pressed on the mock wires reaches the screen through scanning and debounce."""
+
+    async def scenario():
+        async with ScenarioPhone() as phone:
+            await asyncio.sleep(0.2)  # many scans and debounce periods
+            resting = phone.state.off_hook
+            wiring = phone.supervisor.gpio.mock_wiring
+            wiring.press("7")
+            await phone.supervisor.wait_for(lambda s: len(s.pin) == 1, timeout=2)
+            wiring.release("7")
+            wiring.lift_handset()
+            await phone.supervisor.wait_for(lambda s: s.off_hook, timeout=2)
+            return resting
+
+    assert run(scenario()) is False

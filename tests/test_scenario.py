@@ -42,17 +42,13 @@ def test_a_bad_script_names_its_line(script, message):
         parse_script(script)
 
 
-def test_the_command_reports_a_bad_script_without_a_traceback(tmp_path):
-    script = tmp_path / "bad.txt"
-    script.write_text("press 1\nlift now\n")
-    result = run_scenario(str(script), str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert "line 2: lift takes nothing" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_a_screen_that_never_comes_is_a_clear_failure(tmp_path):
-    script = tmp_path / "stuck.txt"
-    script.write_text("wait menu\n")
-    result = run_scenario(str(script), str(tmp_path / "out"))
-    assert result.returncode == 1
-    assert "screen is 'pin_entry'" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize(("script", "status", "message"), [
+    ("press 1\nlift now\n", 2, "line 2: lift takes nothing"),  # a bad script
+    ("wait menu\n", 1, "screen is 'pin_entry'"),  # a screen that never comes
+])
+def test_the_command_fails_clearly_without_a_traceback(tmp_path, script, status, message):
+    path = tmp_path / "script.txt"
+    path.write_text(script)
+    result = run_scenario(str(path), str(tmp_path / "out"))
+    assert result.returncode == status
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ import pty
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +36,8 @@ TARGET_IDLE_RSS_MB = 60
 async def key_to_frame_ms(display_driver: str) -> list[float]:
     samples = []
     async with ScenarioPhone(headless_config(display__driver=display_driver)) as phone:
-        await phone.press(*"123456", "ok", "ok")
+        await phone.set_up_pin()
+        await phone.press("ok")
         for i in range(PRESSES):
             key = "down" if i % 2 == 0 else "up"
             start = time.perf_counter()
@@ -47,7 +49,9 @@ async def key_to_frame_ms(display_driver: str) -> list[float]:
 def idle_rss_mb() -> float:
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "firmware.simulator", "--no-lab"], cwd=ROOT, env=env,
+    work = tempfile.TemporaryDirectory(prefix="byline-bench-")
+    proc = subprocess.Popen([sys.executable, "-m", "firmware.simulator", "--no-lab", "--run-dir", work.name,
+                             "--state-dir", f"{work.name}/state"], cwd=ROOT, env=env,
                             stdin=slave, stdout=slave, stderr=slave)
     os.set_blocking(master, False)
 

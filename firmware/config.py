@@ -99,6 +99,17 @@ SCHEMA: tuple[Setting, ...] = (
             one_of("device", "clock")),
     Setting("ui.clock_24h", True, "24-hour clock on the home screen", flag),
     Setting("ui.screen_off_s", 60, "blank the OLED after this many idle seconds (0 = never)", integer(0, 3600)),
+    Setting("ui.lock_after_s", 120, "lock the screen behind the PIN after this many idle seconds (0 = never); "
+            "the owner can change it in Settings", integer(0, 3600)),
+    Setting("security.state_dir", "/var/lib/byline/state",
+            "the encrypted store's directory (on the phone: inside the LUKS2 data partition)", text),
+    Setting("security.tpm", "auto",
+            "TPM 2.0 holding the second key share: auto (/dev/tpmrm0 if present), none (then a long "
+            "passphrase is required), or a TCTI string such as swtpm:host=127.0.0.1,port=2321", text),
+    Setting("security.wipe_after_failures", 10, "wrong PINs in a row that wipe the store", integer(3, 100)),
+    Setting("security.kdf_target_ms", 1000, "Argon2id time per unlock, calibrated on this CPU when a PIN is set",
+            integer(1, 20000)),
+    Setting("security.kdf_memory_mib", 64, "Argon2id memory per unlock", integer(8, 1024)),
     Setting("lab.enabled", False, "start the built-in lab (local Prosody and Kamailio) with the phone", flag),
 )
 

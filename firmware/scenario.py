@@ -5,9 +5,10 @@ display (every frame the OLED would show becomes OUTDIR/frames/frame_NNNNNN.png)
 MockFactory. Tests and benchmarks use :class:`ScenarioPhone` directly. Script lines:
 
     # a comment
-    wait SCREEN            wait (up to WAIT_TIMEOUT_S) until the screen is SCREEN (boot, pin_entry,
-                           home, menu, section)
+    wait SCREEN            wait (up to WAIT_TIMEOUT_S) until the screen is SCREEN (one of SCREENS)
     press KEY [KEY ...]    press and release keys: 0-9 * # up down ok back
+    type TEXT              type TEXT into the open text field by multi-tap, as a person would
+    expect TEXT            wait (up to WAIT_TIMEOUT_S) until TEXT is part of what the screen shows
     lift | hangup          the handset off or back on the cradle
     advance SECONDS        move the phone's clock forward (screen timeout, clock face)
     snap NAME              save the current frame as OUTDIR/NAME.png
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,22 +32,32 @@ from pathlib import Path
 from PIL import Image
 
 from drivers.keys.events import HOOK, KEYPAD_KEYS, KeyEvent
-from firmware.config import Config, defaults, load_config
+from firmware.config import SETTINGS, Config, defaults, load_config
 from firmware.state import PhoneState, Tick
+from firmware.text_entry import keys_for
+from firmware.ui.screens import screen_text
 from firmware.simulator import SIMULATED_DRIVERS
 from firmware.supervisor import Supervisor
 from firmware.units import DisplayUnit
 
 SCENARIO_EPOCH = 1795686060.0  # Thu 26 Nov 2026 09:41 UTC
 WAIT_TIMEOUT_S = 5.0
-SCREENS = ("boot", "pin_entry", "home", "menu", "section")
+SCREENS = ("boot", "pin", "working", "home", "menu", "section", "form", "edit")
+SCENARIO_PIN = "123456"
+SCENARIO_KDF = {"security__kdf_target_ms": 20, "security__kdf_memory_mib": 8}
+"""Scenarios unlock often; the product's 1 s Argon2id would only make them slow."""
 
 HEADLESS_DRIVERS = {
     **SIMULATED_DRIVERS,
     "display__driver": "dummy",
     "keys__driver": "matrix",
     "lab__enabled": False,
+    "security__tpm": "simulated",
+    **SCENARIO_KDF,
 }
+STATE_DIRECTORY = "state"
+"""A scenario's store lives in a directory of this name inside its work directory (the simulated
+TPM beside it), so the store survives between two runs over the same work directory."""
 
 
 def headless_config(base: Config | None = None, **overrides) -> Config:
@@ -65,14 +78,21 @@ class FixedClock:
 class ScenarioPhone:
     """The firmware on a private event loop task: ``async with ScenarioPhone() as phone: ...``.
 
-    ``config`` is used as given (default: :func:`headless_config`).
+    ``config`` is used as given (default: :func:`headless_config`), except that a config still
+    naming the device's state directory gets a private temporary one instead (removed at exit),
+    so no scenario ever touches a real phone's store.
 
     Events are posted straight to the supervisor (the key path below it, matrix scanning and
     debounce, has its own tests), so the same scenarios run against real hardware backends.
     """
 
     def __init__(self, config: Config | None = None, clock: FixedClock | None = None):
-        self.config = config or headless_config()
+        config = config or headless_config()
+        self._work = None
+        if config["security.state_dir"] == SETTINGS["security.state_dir"].default:
+            self._work = tempfile.TemporaryDirectory(prefix="byline-scenario-")
+            config = config.with_values(security__state_dir=str(Path(self._work.name) / STATE_DIRECTORY))
+        self.config = config
         self.clock = clock or FixedClock()
         self.supervisor = Supervisor(self.config, clock=self.clock)
         self._stop = asyncio.Event()
@@ -82,12 +102,16 @@ class ScenarioPhone:
         os.environ["TZ"] = "UTC"
         time.tzset()
         self._task = asyncio.create_task(self.supervisor.run(self._stop), name="supervisor")
-        await self.wait_screen("pin_entry")
+        await self.supervisor.wait_for(lambda s: s.screen != "boot", WAIT_TIMEOUT_S)
         return self
 
     async def __aexit__(self, *exc) -> None:
         self._stop.set()
-        await self._task
+        try:
+            await self._task
+        finally:
+            if self._work is not None:
+                self._work.cleanup()
 
     @property
     def state(self) -> PhoneState:
@@ -112,8 +136,29 @@ class ScenarioPhone:
         self.clock.now += seconds
         await self.post(Tick(self.clock.now))
 
+    async def set_up_pin(self, pin: str = SCENARIO_PIN) -> PhoneState:
+        """On a new phone: choose ``pin`` (typed twice, as the owner does) and wait for home."""
+        await self.wait_screen("pin")
+        await self.press(*pin, "ok", *pin, "ok")
+        return await self.wait_screen("home")
+
+    async def type(self, text: str) -> None:
+        """Type ``text`` into the open text field, starting from the field's current mode."""
+        editor = self.state.editor
+        if editor is None:
+            raise ScriptError(f"type: no text field is open (screen is {self.state.screen!r})")
+        await self.press(*keys_for(text, editor.entry.mode))
+
     async def wait_screen(self, screen: str, timeout: float = WAIT_TIMEOUT_S) -> PhoneState:
         return await self.supervisor.wait_for(lambda s: s.screen == screen, timeout)
+
+    async def expect(self, text: str, timeout: float = WAIT_TIMEOUT_S) -> PhoneState:
+        """Wait until ``text`` is part of what the screen shows; ScriptError says what it shows instead."""
+        try:
+            return await self.supervisor.wait_for(lambda s: any(text in line for line in screen_text(s)), timeout)
+        except TimeoutError:
+            shown = [line for line in screen_text(self.state) if line]
+            raise ScriptError(f"expect: {text!r} did not appear; the screen shows {shown}") from None
 
     def frame(self) -> Image.Image:
         display = next(u for u in self.supervisor.units if isinstance(u, DisplayUnit)).display
@@ -155,6 +200,8 @@ def _check(verb: str, args: tuple[str, ...]) -> str | None:
     if verb == "press":
         unknown = [a for a in args if a not in KEYPAD_KEYS]
         return None if args and not unknown else f"press takes keys ({' '.join(KEYPAD_KEYS)})"
+    if verb in ("type", "expect"):
+        return None if len(args) == 1 else f"{verb} takes one text (quote it if it has spaces)"
     if verb in ("lift", "hangup"):
         return None if not args else f"{verb} takes nothing"
     if verb == "advance":
@@ -174,21 +221,32 @@ async def run_script(steps: list[Step], out: Path, config: Config | None = None)
     written = []
     async with ScenarioPhone(config) as phone:
         for step in steps:
-            if step.verb == "wait":
-                await phone.wait_screen(step.args[0])
-            elif step.verb == "press":
-                await phone.press(*step.args)
-            elif step.verb == "lift":
-                await phone.lift()
-            elif step.verb == "hangup":
-                await phone.hang_up()
-            elif step.verb == "advance":
-                await phone.advance(float(step.args[0]))
-            elif step.verb == "snap":
-                path = out / f"{step.args[0]}.png"
-                phone.frame().save(path)
-                written.append(path)
+            try:
+                await _perform(phone, step, out, written)
+            except (ScriptError, TimeoutError) as e:
+                raise ScriptError(f"line {step.line}: {e}") from None
     return written
+
+
+async def _perform(phone: ScenarioPhone, step: Step, out: Path, written: list[Path]) -> None:
+    if step.verb == "wait":
+        await phone.wait_screen(step.args[0])
+    elif step.verb == "press":
+        await phone.press(*step.args)
+    elif step.verb == "type":
+        await phone.type(step.args[0])
+    elif step.verb == "expect":
+        await phone.expect(step.args[0])
+    elif step.verb == "lift":
+        await phone.lift()
+    elif step.verb == "hangup":
+        await phone.hang_up()
+    elif step.verb == "advance":
+        await phone.advance(float(step.args[0]))
+    elif step.verb == "snap":
+        path = out / f"{step.args[0]}.png"
+        phone.frame().save(path)
+        written.append(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("script", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--config", help="a TOML config file (display and GPIO stay simulated)")
+    parser.add_argument("--work-dir", type=Path,
+                        help=f"keep the phone's store in WORK_DIR/{STATE_DIRECTORY} (and its simulated TPM beside "
+                             "it), so a later run finds it; default: a temporary one, removed after the run")
+    parser.add_argument("--log", type=Path, help="write the firmware's log to this file")
     args = parser.parse_args(argv)
     try:
         steps = parse_script(args.script.read_text())
@@ -205,9 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     frames = args.out / "frames"
     frames.mkdir(parents=True, exist_ok=True)
     config = headless_config(load_config(args.config), display__driver="capture", display__capture_dir=str(frames))
+    if args.work_dir is not None:
+        config = config.with_values(security__state_dir=str(args.work_dir.resolve() / STATE_DIRECTORY))
+    if args.log is not None:
+        logging.basicConfig(filename=args.log, level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         written = asyncio.run(run_script(steps, args.out, config))
-    except TimeoutError as e:
+    except ScriptError as e:
         print(f"byline scenario: {e}", file=sys.stderr)
         return 1
     for path in written:

@@ -42,6 +42,9 @@ SIMULATED_DRIVERS = {
     "audio__alsa_config": str(SHIPPED_ALSA_CONFIG),
     "audio__paced_by": "clock",
     "lab__enabled": True,
+    # A real software TPM (swtpm) stands in for the phone's TPM module; its state lives beside
+    # the store's directory.
+    "security__tpm": "simulated",
 }
 
 
@@ -114,11 +117,19 @@ async def run(config: Config, run_dir: Path) -> None:
         sys.stdout.flush()
 
 
+def default_state_dir() -> Path:
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "byline-simulator" / "state"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./byline run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="a TOML config file (the simulated drivers are kept)")
     parser.add_argument("--no-lab", action="store_true", help="do not start the local lab")
     parser.add_argument("--run-dir", help="where logs and the lab live (default: a new temporary directory)")
+    parser.add_argument("--state-dir", type=Path, default=default_state_dir(),
+                        help="the phone's encrypted store (its simulated TPM lives beside it); default: %(default)s, "
+                             "kept between runs like a real phone's")
     args = parser.parse_args(argv)
     if not os.isatty(sys.stdin.fileno()):
         print("byline: the simulator needs a terminal; for headless runs use ./byline scenario", file=sys.stderr)
@@ -127,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=run_dir / "byline.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = dict(SIMULATED_DRIVERS, lab__enabled=not args.no_lab)
+    overrides = dict(SIMULATED_DRIVERS, lab__enabled=not args.no_lab,
+                     security__state_dir=str(args.state_dir.expanduser().resolve()))
     config = load_config(args.config).with_values(**overrides)
     asyncio.run(run(config, run_dir))
-    print(f"byline: stopped; log in {run_dir / 'byline.log'}")
+    print(f"byline: stopped; log in {run_dir / 'byline.log'}; encrypted state in {args.state_dir}")
     return 0
 
 

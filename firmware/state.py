@@ -2,8 +2,10 @@
 
 Contract: :func:`step` is pure. Given a state and an event it returns the next state (the same
 object when nothing changed, so the supervisor redraws only on change). It never raises for
-any key or tick; unknown events leave the state as it is. Secrets typed on the keypad (the PIN)
-live in the state only as long as the entry screen needs them and never appear in its repr.
+any key, tick or store answer; unknown events leave the state as it is. Work it cannot do itself
+(opening the encrypted store, saving) it requests through ``effects`` (see firmware/effects.py);
+the supervisor takes them out and performs them. Secrets typed on the keypad (PINs, passwords)
+live in the state only as long as a screen needs them and never appear in its repr.
 """
 
 from __future__ import annotations
@@ -13,27 +15,39 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from drivers.keys.events import KeyEvent
+from firmware import effects as fx
+from firmware.profile import (ACCOUNTS_RECORD, CONTACTS_RECORD, SETTINGS_RECORD, Account, Profile, ProfileError,
+                              Settings, check_text, make_account, make_contact)
+from firmware.text_entry import TextEntry
 
-Screen = Literal["boot", "pin_entry", "home", "menu", "section"]
+Screen = Literal["boot", "pin", "working", "home", "menu", "section", "form", "edit"]
 
 MENU = ("Contacts", "Calls", "Messages", "Accounts", "Settings", "Security")
-PIN_MIN_DIGITS = 6
-PIN_MAX_DIGITS = 12
+PIN_MAX_DIGITS = 32
+"""Long enough for the passphrase a phone without a TPM asks for."""
+DEFAULT_MIN_SECRET = 6
 DIGITS = frozenset("0123456789")
 MOVE_UP = frozenset({"up", "2"})
 MOVE_DOWN = frozenset({"down", "8"})
-SECTION_VISIBLE_LINES = 4
+VISIBLE_LINES = 4
+SCREEN_OFF_CHOICES = (15, 30, 60, 120, 300, 0)
+LOCK_AFTER_CHOICES = (30, 60, 120, 300, 600, 0)
+TEXT_MAX = 200
 
-
-@dataclass(frozen=True)
-class UiSettings:
-    clock_24h: bool = True
-    screen_off_s: int = 60
+PIN_FLOWS: dict[str, tuple[str, ...]] = {
+    "setup": ("new", "confirm"),
+    "unlock": ("current",),
+    "lock": ("current",),
+    "change": ("current", "new", "confirm"),
+    "duress_on": ("current", "new", "confirm"),
+    "duress_off": ("current",),
+}
+"""Each PIN flow is its stages; the last stage's OK sends the flow's request to the store."""
 
 
 @dataclass(frozen=True)
 class Tick:
-    """Wall-clock time (seconds since the epoch), posted every CLOCK_TICK_S by the supervisor."""
+    """Wall-clock time (seconds since the epoch), posted every CLOCK_TICK_S and before each key."""
 
     now: float
 
@@ -49,26 +63,113 @@ Event = KeyEvent | Tick | BootFinished
 
 
 @dataclass(frozen=True)
+class StoreInfo:
+    exists: bool
+    protection: str
+    min_secret_length: int
+
+
+@dataclass(frozen=True)
+class PinEntry:
+    """A PIN flow in progress: its stage, the digits typed, the entries of earlier stages."""
+
+    flow: str
+    stage: int = 0
+    digits: str = field(default="", repr=False)
+    earlier: tuple[str, ...] = field(default=(), repr=False)
+    hint: str = ""
+
+    @property
+    def stage_name(self) -> str:
+        return PIN_FLOWS[self.flow][self.stage]
+
+
+@dataclass(frozen=True)
+class FormField:
+    name: str
+    label: str
+    value: str | bool = field(repr=False)
+    kind: Literal["text", "secret", "toggle", "choice"] = "text"
+    choices: tuple[str, ...] = ()
+
+    @property
+    def shown(self) -> str:
+        if self.kind == "toggle":
+            return "yes" if self.value else "no"
+        if self.kind == "secret":
+            return "*" * min(len(str(self.value)), 8) if self.value else "(none)"
+        return str(self.value)
+
+
+@dataclass(frozen=True)
+class Form:
+    """Adding (``index`` None) or editing one account or contact."""
+
+    kind: Literal["account", "contact"]
+    fields: tuple[FormField, ...]
+    index: int | None = None
+    selected: int = 0
+    problem: str = ""
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return ("Save",) if self.index is None else ("Save", "Delete")
+
+    def value(self, name: str) -> str | bool:
+        return next(f.value for f in self.fields if f.name == name)
+
+
+@dataclass(frozen=True)
+class Editor:
+    """Text typed into one target: ("field", i) of the form, ("setting", name) or ("password", account i)."""
+
+    target: tuple
+    label: str
+    entry: TextEntry
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of a section; ``action`` is what OK on it does (nothing when empty)."""
+
+    label: str
+    action: tuple = ()
+
+
+@dataclass(frozen=True)
 class PhoneState:
     screen: Screen = "boot"
-    settings: UiSettings = UiSettings()
+    settings: Settings = Settings()
+    factory_settings: Settings = Settings()
     now: float = 0.0
     clock: str = ""
     date: str = ""
-    pin: str = field(default="", repr=False)
-    pin_hint: str = ""
+    store: StoreInfo | None = None
+    pin: PinEntry = PinEntry("unlock")
+    retry_at: float = 0.0
+    busy: str = ""
     locked: bool = True
+    profile: Profile | None = field(default=None, repr=False)
+    duress_set: bool = False
+    password_queue: tuple[int, ...] = ()
     menu_index: int = 0
-    section_scroll: int = 0
+    section_index: int = 0
+    form: Form | None = None
+    editor: Editor | None = None
+    toast: str = ""
     off_hook: bool = False
     screen_on: bool = True
     idle_since: float = 0.0
     notices: tuple[str, ...] = ()
-    accounts: tuple[str, ...] = ()
+    effects: tuple = field(default=(), repr=False)
 
     @property
     def section(self) -> str:
         return MENU[self.menu_index]
+
+    @property
+    def accounts(self) -> tuple[Account, ...]:
+        return self.profile.accounts if self.profile else ()
 
 
 def clock_text(now: float, clock_24h: bool) -> tuple[str, str]:
@@ -81,28 +182,60 @@ def clock_text(now: float, clock_24h: bool) -> tuple[str, str]:
     return clock, time.strftime("%a %d %b", t)
 
 
-def step(state: PhoneState, event: Event) -> PhoneState:
+def step(state: PhoneState, event: object) -> PhoneState:
     """The next state after ``event`` (see the module contract)."""
     if isinstance(event, Tick):
         return _tick(state, event.now)
     if isinstance(event, BootFinished):
         if state.screen != "boot":
             return state
-        return replace(state, screen="pin_entry", notices=state.notices + event.notices,
+        flow = "setup" if state.store is not None and not state.store.exists else "unlock"
+        return replace(state, screen="pin", pin=PinEntry(flow), notices=state.notices + event.notices,
                        idle_since=state.now, screen_on=True)
     if isinstance(event, KeyEvent):
         return _key(state, event)
-    return state
+    handler = _RESULT_HANDLERS.get(type(event))
+    return handler(state, event) if handler else state
+
+
+def _request(state: PhoneState, *requests) -> PhoneState:
+    return replace(state, effects=state.effects + requests)
+
+
+# Time
 
 
 def _tick(state: PhoneState, now: float) -> PhoneState:
     clock, date = clock_text(now, state.settings.clock_24h)
     screen_on = state.screen_on
-    if state.screen != "boot" and state.settings.screen_off_s and now - state.idle_since >= state.settings.screen_off_s:
+    idle = now - state.idle_since
+    if state.screen != "boot" and state.settings.screen_off_s and idle >= state.settings.screen_off_s:
         screen_on = False
-    if (clock, date, screen_on) == (state.clock, state.date, state.screen_on):
-        return state if state.now == now else replace(state, now=now)
-    return replace(state, now=now, clock=clock, date=date, screen_on=screen_on)
+    new = state
+    if (clock, date, screen_on, now) != (state.clock, state.date, state.screen_on, state.now):
+        new = replace(state, now=now, clock=clock, date=date, screen_on=screen_on)
+    if new.editor is not None:
+        entry = new.editor.entry.tick(now)
+        if entry is not new.editor.entry:
+            new = replace(new, editor=replace(new.editor, entry=entry))
+    if _should_lock(new, idle):
+        new = _lock(new)
+    return new
+
+
+def _should_lock(state: PhoneState, idle: float) -> bool:
+    after = state.settings.lock_after_s
+    return (not state.locked and state.profile is not None and after > 0 and idle >= after
+            and state.screen not in ("pin", "working"))
+
+
+def _lock(state: PhoneState) -> PhoneState:
+    """Hide everything behind the PIN; calls and chat keep running underneath."""
+    return replace(state, screen="pin", pin=PinEntry("lock"), locked=True, form=None, editor=None,
+                   toast="", password_queue=())
+
+
+# Keys
 
 
 def _key(state: PhoneState, event: KeyEvent) -> PhoneState:
@@ -116,21 +249,62 @@ def _key(state: PhoneState, event: KeyEvent) -> PhoneState:
     handler = _KEY_HANDLERS.get(state.screen)
     if handler is None:
         return state
-    return handler(replace(state, idle_since=state.now), event.key)
+    return handler(replace(state, idle_since=state.now, toast=""), event.key)
 
 
-def _pin_entry_key(state: PhoneState, key: str) -> PhoneState:
+def min_secret_length(state: PhoneState) -> int:
+    return state.store.min_secret_length if state.store else DEFAULT_MIN_SECRET
+
+
+def secret_word(state: PhoneState) -> str:
+    """"PIN", or "passphrase" when the phone has no TPM and asks for a long one."""
+    return "PIN" if min_secret_length(state) <= DEFAULT_MIN_SECRET else "passphrase"
+
+
+def _pin_key(state: PhoneState, key: str) -> PhoneState:
+    pin = state.pin
     if key in DIGITS:
-        if len(state.pin) >= PIN_MAX_DIGITS:
-            return replace(state, pin_hint=f"at most {PIN_MAX_DIGITS} digits")
-        return replace(state, pin=state.pin + key, pin_hint="")
+        if len(pin.digits) >= PIN_MAX_DIGITS:
+            return replace(state, pin=replace(pin, hint=f"at most {PIN_MAX_DIGITS} digits"))
+        return replace(state, pin=replace(pin, digits=pin.digits + key, hint=""))
     if key == "back":
-        return replace(state, pin=state.pin[:-1], pin_hint="")
+        if not pin.digits and pin.flow in ("change", "duress_on", "duress_off"):
+            return replace(state, screen="section", pin=PinEntry("unlock"))
+        return replace(state, pin=replace(pin, digits=pin.digits[:-1], hint=""))
     if key == "ok":
-        if len(state.pin) < PIN_MIN_DIGITS:
-            return replace(state, pin_hint=f"at least {PIN_MIN_DIGITS} digits")
-        return replace(state, screen="home", pin="", pin_hint="", locked=False)
+        return _pin_ok(state)
     return state
+
+
+def _pin_ok(state: PhoneState) -> PhoneState:
+    pin = state.pin
+    if state.retry_at > state.now:
+        return replace(state, pin=replace(pin, hint=f"wait {state.retry_at - state.now:.0f} s"))
+    stage = pin.stage_name
+    needed = min_secret_length(state) if stage == "new" else 1
+    if len(pin.digits) < max(needed, 1):
+        return replace(state, pin=replace(pin, hint=f"too short: at least {needed}"))
+    if stage == "confirm" and pin.digits != pin.earlier[-1]:
+        return replace(state, pin=PinEntry(pin.flow, pin.stage - 1, earlier=pin.earlier[:-1],
+                                           hint="they differ; again"))
+    if stage == "new" and pin.flow == "duress_on" and pin.digits == pin.earlier[0]:
+        return replace(state, pin=replace(pin, digits="", hint="must differ from yours"))
+    entries = pin.earlier + (pin.digits,)
+    if pin.stage + 1 < len(PIN_FLOWS[pin.flow]):
+        return replace(state, pin=PinEntry(pin.flow, pin.stage + 1, earlier=entries))
+    return _finish_pin_flow(replace(state, pin=PinEntry(pin.flow)), pin.flow, entries)
+
+
+def _finish_pin_flow(state: PhoneState, flow: str, entries: tuple[str, ...]) -> PhoneState:
+    request, busy = {
+        "setup": (lambda: fx.CreateStore(entries[0]), "Securing..."),
+        "unlock": (lambda: fx.Unlock(entries[0]), "Unlocking..."),
+        "lock": (lambda: fx.VerifySecret(entries[0]), "Checking..."),
+        "change": (lambda: fx.ChangeSecret(entries[0], entries[1]), "Changing..."),
+        "duress_on": (lambda: fx.SetDuress(entries[0], entries[1]), "Saving..."),
+        "duress_off": (lambda: fx.SetDuress(entries[0], None), "Saving..."),
+    }[flow]
+    return _request(replace(state, screen="working", busy=busy), request())
 
 
 def _home_key(state: PhoneState, key: str) -> PhoneState:
@@ -145,50 +319,326 @@ def _menu_key(state: PhoneState, key: str) -> PhoneState:
     if key in MOVE_DOWN:
         return replace(state, menu_index=(state.menu_index + 1) % len(MENU))
     if key in DIGITS and 1 <= int(key) <= len(MENU):
-        return replace(state, screen="section", menu_index=int(key) - 1, section_scroll=0)
+        return replace(state, screen="section", menu_index=int(key) - 1, section_index=0)
     if key == "ok":
-        return replace(state, screen="section", section_scroll=0)
+        return replace(state, screen="section", section_index=0)
     if key == "back":
         return replace(state, screen="home")
     return state
 
 
-def section_lines(state: PhoneState) -> tuple[str, ...]:
-    """What the open menu section lists, one entry per line."""
+# Sections
+
+
+def section_items(state: PhoneState) -> tuple[Item, ...]:
+    """What the open menu section lists, one item per line."""
+    profile = state.profile or Profile()
     section = state.section
     if section == "Contacts":
-        return ("No contacts yet.",)
+        return (*(Item(c.name, ("edit_contact", i)) for i, c in enumerate(profile.contacts)),
+                Item("+ Add contact", ("new_contact",)))
     if section == "Calls":
-        return ("No calls.", "Call history is off.")
+        return (Item("No calls."), Item(f"Call history: {_on_off(profile.settings.call_history)}"))
     if section == "Messages":
-        return ("No messages.", "Message history is off.")
+        return (Item("No messages."), Item(f"Msg history: {_on_off(profile.settings.message_history)}"))
     if section == "Accounts":
-        return ("No accounts yet.",)
+        return (*(Item(a.label if a.password else f"{a.label} (no pw)", ("edit_account", i))
+                  for i, a in enumerate(profile.accounts)),
+                Item("+ Add account", ("new_account",)))
     if section == "Settings":
-        screen_off = f"{state.settings.screen_off_s} s" if state.settings.screen_off_s else "never"
-        return (
-            f"Clock: {'24h' if state.settings.clock_24h else '12h'}",
-            f"Screen off: {screen_off}",
-            *(f"! {notice}" for notice in state.notices),
-        )
-    # Security: this build has no encrypted store yet, and the screen must not pretend it has.
-    return ("At-rest encryption:", "NOT ACTIVE in this", "build. PIN unchecked.")
+        return _settings_items(state.settings, state.notices)
+    return _security_items(state)
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _seconds(value: int) -> str:
+    return f"{value} s" if value else "never"
+
+
+def _settings_items(settings: Settings, notices: tuple[str, ...]) -> tuple[Item, ...]:
+    return (
+        Item(f"Name: {settings.display_name or '(none)'}", ("edit_setting", "display_name")),
+        Item(f"Clock: {'24h' if settings.clock_24h else '12h'}", ("toggle", "clock_24h")),
+        Item(f"Screen off: {_seconds(settings.screen_off_s)}", ("cycle", "screen_off_s")),
+        Item(f"Lock after: {_seconds(settings.lock_after_s)}", ("cycle", "lock_after_s")),
+        Item(f"Call history: {_on_off(settings.call_history)}", ("toggle", "call_history")),
+        Item(f"Msg history: {_on_off(settings.message_history)}", ("toggle", "message_history")),
+        Item("Erase all history", ("erase_history",)),
+        *(Item(f"! {notice}") for notice in notices),
+    )
+
+
+def _security_items(state: PhoneState) -> tuple[Item, ...]:
+    protection = state.store.protection if state.store else "store unavailable"
+    word = secret_word(state)
+    return (
+        Item("At rest: encrypted"),
+        Item(f"Key: {protection}"),
+        Item(f"Change {word}", ("flow", "change")),
+        Item(f"Duress {word}: {_on_off(state.duress_set)}", ("flow", "duress_off" if state.duress_set else "duress_on")),
+        Item("Lock now", ("lock",)),
+    )
 
 
 def _section_key(state: PhoneState, key: str) -> PhoneState:
+    items = section_items(state)
     if key == "back":
         return replace(state, screen="menu")
     if key in MOVE_UP:
-        return replace(state, section_scroll=max(0, state.section_scroll - 1))
+        return replace(state, section_index=max(0, state.section_index - 1))
     if key in MOVE_DOWN:
-        last = max(0, len(section_lines(state)) - SECTION_VISIBLE_LINES)
-        return replace(state, section_scroll=min(last, state.section_scroll + 1))
+        return replace(state, section_index=min(len(items) - 1, state.section_index + 1))
+    if key == "ok" and state.section_index < len(items):
+        return _section_action(state, items[state.section_index].action)
     return state
 
 
+def _section_action(state: PhoneState, action: tuple) -> PhoneState:
+    if not action:
+        return state
+    verb, *args = action
+    profile = state.profile or Profile()
+    if verb == "new_account":
+        return _open_form(state, _account_form(None, None))
+    if verb == "edit_account":
+        return _open_form(state, _account_form(args[0], profile.accounts[args[0]]))
+    if verb == "new_contact":
+        return _open_form(state, _contact_form(None, "", ""))
+    if verb == "edit_contact":
+        contact = profile.contacts[args[0]]
+        return _open_form(state, _contact_form(args[0], contact.name, contact.address))
+    if verb == "toggle":
+        return _save_settings(state, replace(state.settings, **{args[0]: not getattr(state.settings, args[0])}))
+    if verb == "cycle":
+        choices = SCREEN_OFF_CHOICES if args[0] == "screen_off_s" else LOCK_AFTER_CHOICES
+        current = getattr(state.settings, args[0])
+        following = choices[(choices.index(current) + 1) % len(choices)] if current in choices else choices[0]
+        return _save_settings(state, replace(state.settings, **{args[0]: following}))
+    if verb == "edit_setting":
+        return _open_editor(state, ("setting", args[0]), "Name", getattr(state.settings, args[0]), secret=False)
+    if verb == "erase_history":
+        return _request(replace(state, toast="Erasing..."), fx.EraseHistory())
+    if verb == "flow":
+        return replace(state, screen="pin", pin=PinEntry(args[0]))
+    if verb == "lock":
+        return _lock(state)
+    return state
+
+
+def _save_settings(state: PhoneState, settings: Settings) -> PhoneState:
+    return _save_part(replace(state, settings=settings), SETTINGS_RECORD, settings)
+
+
+def _save_part(state: PhoneState, part: str, value) -> PhoneState:
+    profile = (state.profile or Profile()).with_part(part, value)
+    return _request(replace(state, profile=profile), fx.SaveProfilePart(part, value))
+
+
+# Forms
+
+
+def _account_form(index: int | None, account: Account | None) -> Form:
+    return Form("account", (
+        FormField("kind", "Type", account.kind if account else "sip", "choice", ("sip", "xmpp")),
+        FormField("address", "Address", account.address if account else ""),
+        FormField("password", "Password", account.password if account else "", "secret"),
+        FormField("remember", "Remember pw", account.remember_password if account else True, "toggle"),
+    ), index)
+
+
+def _contact_form(index: int | None, name: str, address: str) -> Form:
+    return Form("contact", (FormField("name", "Name", name), FormField("address", "Address", address)), index)
+
+
+def _open_form(state: PhoneState, form: Form) -> PhoneState:
+    return replace(state, screen="form", form=form)
+
+
+def form_lines(form: Form) -> tuple[str, ...]:
+    """The form's lines: each field as "label: value", then its actions."""
+    return (*(f"{f.label}: {f.shown}" for f in form.fields), *form.actions)
+
+
+def _form_key(state: PhoneState, key: str) -> PhoneState:
+    form = state.form
+    count = len(form.fields) + len(form.actions)
+    if key == "back":
+        return replace(state, screen="section", form=None)
+    if key in MOVE_UP:
+        return replace(state, form=replace(form, selected=max(0, form.selected - 1)))
+    if key in MOVE_DOWN:
+        return replace(state, form=replace(form, selected=min(count - 1, form.selected + 1)))
+    if key != "ok":
+        return state
+    if form.selected >= len(form.fields):
+        return _form_action(state, form.actions[form.selected - len(form.fields)])
+    chosen = form.fields[form.selected]
+    if chosen.kind == "toggle":
+        return _set_field(state, form.selected, not chosen.value)
+    if chosen.kind == "choice":
+        return _set_field(state, form.selected, chosen.choices[(chosen.choices.index(chosen.value) + 1)
+                                                                % len(chosen.choices)])
+    return _open_editor(state, ("field", form.selected), chosen.label, str(chosen.value),
+                        secret=chosen.kind == "secret")
+
+
+def _set_field(state: PhoneState, index: int, value: str | bool) -> PhoneState:
+    form = state.form
+    fields = tuple(replace(f, value=value) if i == index else f for i, f in enumerate(form.fields))
+    return replace(state, form=replace(form, fields=fields, problem=""))
+
+
+def _form_action(state: PhoneState, action: str) -> PhoneState:
+    form = state.form
+    profile = state.profile or Profile()
+    part = ACCOUNTS_RECORD if form.kind == "account" else CONTACTS_RECORD
+    entries = list(profile.part(part))
+    if action == "Delete":
+        del entries[form.index]
+    else:
+        try:
+            entry = (make_account(form.value("kind"), form.value("address"), form.value("password"),
+                                  form.value("remember")) if form.kind == "account"
+                     else make_contact(form.value("name"), form.value("address")))
+        except ProfileError as e:
+            return replace(state, form=replace(form, problem=str(e)))
+        if form.index is None:
+            entries.append(entry)
+        else:
+            entries[form.index] = entry
+    return _save_part(replace(state, screen="section", form=None, section_index=0), part, tuple(entries))
+
+
+# Text editor
+
+
+def _open_editor(state: PhoneState, target: tuple, label: str, text: str, *, secret: bool) -> PhoneState:
+    entry = TextEntry(text=text, cursor=len(text), secret=secret, max_length=TEXT_MAX)
+    return replace(state, screen="edit", editor=Editor(target, label, entry))
+
+
+def _edit_key(state: PhoneState, key: str) -> PhoneState:
+    editor = state.editor
+    if key == "ok":
+        return _commit_editor(state, editor.entry.value)
+    if key == "back" and not editor.entry.value:
+        return _close_editor(state)
+    entry = editor.entry.press(key, state.now)
+    return state if entry is editor.entry else replace(state, editor=replace(editor, entry=entry))
+
+
+def _commit_editor(state: PhoneState, text: str) -> PhoneState:
+    kind, target = state.editor.target
+    if kind == "field":
+        return replace(_set_field(state, target, text), screen="form", editor=None)
+    if kind == "setting":
+        try:
+            value = check_text(target, text, required=False)
+        except ProfileError as e:
+            return replace(state, toast=str(e))
+        return _save_settings(replace(state, screen="section", editor=None),
+                              replace(state.settings, **{target: value}))
+    return _next_password_prompt(_set_session_password(state, target, text))
+
+
+def _close_editor(state: PhoneState) -> PhoneState:
+    kind, _ = state.editor.target
+    if kind == "field":
+        return replace(state, screen="form", editor=None)
+    if kind == "setting":
+        return replace(state, screen="section", editor=None)
+    return _next_password_prompt(state)
+
+
+def _set_session_password(state: PhoneState, index: int, password: str) -> PhoneState:
+    """An unremembered password, kept in memory for this session only."""
+    accounts = list(state.profile.accounts)
+    accounts[index] = replace(accounts[index], password=password)
+    return replace(state, profile=replace(state.profile, accounts=tuple(accounts)))
+
+
+def _next_password_prompt(state: PhoneState) -> PhoneState:
+    if not state.password_queue:
+        return replace(state, screen="home", editor=None)
+    index, rest = state.password_queue[0], state.password_queue[1:]
+    account = state.profile.accounts[index]
+    opened = _open_editor(state, ("password", index), f"Pw {account.address}", "", secret=True)
+    return replace(opened, password_queue=rest)
+
+
+# Store answers
+
+
+def _store_opened(state: PhoneState, event: fx.StoreOpened) -> PhoneState:
+    info = StoreInfo(event.exists, event.protection, event.min_secret_length)
+    state = replace(state, store=info)
+    if state.screen == "pin" and state.pin.flow in ("setup", "unlock") and not state.pin.digits:
+        return replace(state, pin=PinEntry("unlock" if info.exists else "setup"))
+    return state
+
+
+def _unlocked(state: PhoneState, event: fx.Unlocked) -> PhoneState:
+    profile = event.profile
+    waiting = tuple(i for i, a in enumerate(profile.accounts) if not a.remember_password and not a.password)
+    store = replace(state.store, exists=True) if state.store else None
+    state = replace(state, profile=profile, settings=profile.settings, locked=False, busy="", retry_at=0.0,
+                    store=store, duress_set=event.duress_set, pin=PinEntry("unlock"),
+                    notices=state.notices + event.problems, password_queue=waiting, idle_since=state.now)
+    return _next_password_prompt(state)
+
+
+def _secret_accepted(state: PhoneState, event: fx.SecretAccepted) -> PhoneState:
+    flow = state.pin.flow
+    if flow == "lock":
+        return replace(state, screen="home", locked=False, busy="", retry_at=0.0, idle_since=state.now)
+    toast = {"change": f"{secret_word(state)} changed", "duress_on": "Duress set",
+             "duress_off": "Duress cleared"}.get(flow, "")
+    return replace(state, screen="section", busy="", retry_at=0.0, pin=PinEntry("unlock"), toast=toast,
+                   duress_set={"duress_on": True, "duress_off": False}.get(flow, state.duress_set))
+
+
+def _secret_refused(state: PhoneState, event: fx.SecretRefused) -> PhoneState:
+    return replace(state, screen="pin", busy="", pin=PinEntry(state.pin.flow, hint=event.message),
+                   retry_at=state.now + event.wait_s)
+
+
+def _factory_fresh(state: PhoneState, event: fx.FactoryFresh) -> PhoneState:
+    """No store any more: forget everything, as a new phone would have nothing to forget."""
+    store = replace(state.store, exists=False) if state.store else None
+    fresh = PhoneState(now=state.now, clock=state.clock, date=state.date, store=store, off_hook=state.off_hook,
+                       idle_since=state.now, settings=state.factory_settings,
+                       factory_settings=state.factory_settings)
+    return replace(fresh, screen="pin", pin=PinEntry("setup", hint=event.message))
+
+
+def _saved(state: PhoneState, event: fx.Saved) -> PhoneState:
+    return replace(state, toast=event.message)
+
+
+def _store_failed(state: PhoneState, event: fx.StoreFailed) -> PhoneState:
+    if state.screen == "working":
+        return replace(state, screen="pin", busy="", pin=PinEntry(state.pin.flow, hint=event.message))
+    return replace(state, toast=event.message)
+
+
 _KEY_HANDLERS = {
-    "pin_entry": _pin_entry_key,
+    "pin": _pin_key,
     "home": _home_key,
     "menu": _menu_key,
     "section": _section_key,
+    "form": _form_key,
+    "edit": _edit_key,
+}
+
+_RESULT_HANDLERS = {
+    fx.StoreOpened: _store_opened,
+    fx.Unlocked: _unlocked,
+    fx.SecretAccepted: _secret_accepted,
+    fx.SecretRefused: _secret_refused,
+    fx.FactoryFresh: _factory_fresh,
+    fx.Saved: _saved,
+    fx.StoreFailed: _store_failed,
 }

@@ -2,7 +2,10 @@
 
 Contract: drivers and timers post events (``post`` on the loop thread, ``post_threadsafe`` from
 any other thread); the supervisor applies them one at a time with :func:`firmware.state.step`
-and, after each change, lets every running unit show the new state. A unit whose device fails
+and, after each change, lets every running unit show the new state. Each key event is preceded
+by a fresh clock reading, so what a key does can depend on the time it was pressed (multi-tap).
+Requests the state makes (``state.effects``) are taken out and handed to the running unit that
+performs their type; when that unit is disabled, the state is told why with a StoreFailed. A unit whose device fails
 to open is disabled with one logged line naming the config key; a unit that raises while
 showing a state is disabled the same way, and the phone carries on without it.
 """
@@ -12,11 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Callable
 
 from drivers.errors import DeviceError
+from drivers.keys.events import KeyEvent
 from firmware.config import Config
-from firmware.state import BootFinished, Event, PhoneState, Tick, UiSettings, step
+from firmware.effects import StoreFailed
+from firmware.profile import Settings
+from firmware.state import BootFinished, Event, PhoneState, Tick, step
+from firmware.store_unit import StoreUnit
 from firmware.units import Gpio, Unit, build_units, describe_failure
 
 log = logging.getLogger(__name__)
@@ -30,14 +38,15 @@ class Supervisor:
                  clock: Callable[[], float] = time.time):
         self.config = config
         self.gpio = gpio or Gpio(config)
-        self.units = units if units is not None else build_units(config, self.gpio)
+        settings = factory_settings(config)
+        self.units = units if units is not None else [StoreUnit(config, settings), *build_units(config, self.gpio)]
         self._clock = clock
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._changed = asyncio.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: list[Unit] = []
-        self.state = PhoneState(settings=UiSettings(clock_24h=config["ui.clock_24h"],
-                                                    screen_off_s=config["ui.screen_off_s"]))
+        self._failures: dict[Unit, str] = {}
+        self.state = PhoneState(settings=settings, factory_settings=settings)
         self.state_changes = 0
 
     def post(self, event: Event) -> None:
@@ -101,18 +110,33 @@ class Supervisor:
 
     async def _apply(self, event: Event) -> None:
         try:
-            new = step(self.state, event)
+            new = self.state
+            if isinstance(event, KeyEvent):
+                new = step(new, Tick(self._clock()))
+            new = step(new, event)
         except Exception:  # a bug must cost one event, not the phone
             log.exception("event %s could not be applied; state kept", type(event).__name__)
             return
         if new is self.state:
             return
+        requests, new = new.effects, replace(new, effects=()) if new.effects else new
         self.state = new
+        for request in requests:
+            self._perform(request)
         for unit in list(self._running):
             self._show(unit)
         self.state_changes += 1
         async with self._changed:
             self._changed.notify_all()
+
+    def _perform(self, request) -> None:
+        performer = next((u for u in self.units if isinstance(request, u.performs)), None)
+        if performer in self._running:
+            performer.perform(request)
+            return
+        reason = self._failures.get(performer, "no unit performs it")
+        log.error("%s not performed: %s", type(request).__name__, reason)
+        self.post(StoreFailed(f"unavailable: {reason}"))
 
     def _show(self, unit: Unit) -> None:
         try:
@@ -127,5 +151,12 @@ class Supervisor:
 
     def _disable(self, unit: Unit, error: DeviceError, starting: bool) -> str:
         line = describe_failure(unit, error)
+        self._failures[unit] = line
         log.error("%s disabled %s: %s", unit.name, "at start" if starting else "after a failure", line)
         return line
+
+
+def factory_settings(config: Config) -> Settings:
+    """The owner's settings on a new phone, from the config file's defaults."""
+    return Settings(clock_24h=config["ui.clock_24h"], screen_off_s=config["ui.screen_off_s"],
+                    lock_after_s=config["ui.lock_after_s"])

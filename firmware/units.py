@@ -38,6 +38,12 @@ def config_key(section: str, setting: str) -> str:
 class Unit:
     name = "unit"
     section = ""
+    performs: tuple[type, ...] = ()
+    """The request types (firmware/effects.py) this unit performs through ``perform``."""
+
+    def perform(self, request) -> None:
+        """Start ``request`` without blocking the loop; the answer comes back as a posted event."""
+        raise NotImplementedError
 
     def start(self, post: Callable[[Event], None]) -> None:
         pass

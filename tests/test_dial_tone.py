@@ -41,8 +41,7 @@ def test_lifting_the_handset_at_home_plays_the_dial_tone(tmp_path):
             await phone.lift()  # on the PIN screen: no tone yet
             await asyncio.sleep(0.2)
             await phone.hang_up()
-            await phone.press(*"123456", "ok")
-            await phone.wait_screen("home")
+            await phone.set_up_pin()
             await phone.lift()
             await asyncio.sleep(LIFTED_S)
             await phone.hang_up()

@@ -31,8 +31,8 @@ def tour(tmp_path_factory):
     return {p.stem: p for p in [boot, *snaps]}
 
 
-EXPECTED = ("boot", "pin_entry", "pin_entry_three_digits", "pin_entry_too_short", "home", "menu",
-            "menu_settings", "settings", "home_off_hook", "security")
+EXPECTED = ("boot", "pin_setup", "pin_three_digits", "pin_too_short", "pin_repeat", "home", "menu",
+            "menu_settings", "settings", "home_off_hook", "security", "account_form", "text_field")
 
 
 def test_the_tour_snaps_every_expected_screen(tour):

@@ -44,7 +44,7 @@ def test_a_bad_script_names_its_line(script, message):
 
 @pytest.mark.parametrize(("script", "status", "message"), [
     ("press 1\nlift now\n", 2, "line 2: lift takes nothing"),  # a bad script
-    ("wait menu\n", 1, "screen is 'pin_entry'"),  # a screen that never comes
+    ("wait menu\n", 1, "screen is 'pin'"),  # a screen that never comes
 ])
 def test_the_command_fails_clearly_without_a_traceback(tmp_path, script, status, message):
     path = tmp_path / "script.txt"

@@ -66,7 +66,7 @@ class TmuxSimulator:
         self.socket = f"byline-test-{uuid.uuid4().hex[:8]}"
         self.run_dir = run_dir
         # The pane outlives the simulator long enough to read its last words and exit status.
-        command = (f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -m firmware.simulator --run-dir {run_dir}; "
+        command = (f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -m firmware.simulator --run-dir {run_dir} --state-dir {run_dir}/state; "
                    f"echo simulator exit status $?; sleep {SCREEN_TIMEOUT_S}")
         self.tmux("new-session", "-d", "-s", "sim", "-x", "140", "-y", "50", command)
 
@@ -117,12 +117,12 @@ def _same_rows(a: Image.Image, b: Image.Image, rows: range) -> bool:
 
 
 def test_simulator_in_tmux_shows_home_and_navigates_the_menu(tmp_path):
-    golden = {name: Image.open(GOLDEN / f"{name}.png").convert("1") for name in ("pin_entry", "home", "menu")}
+    golden = {name: Image.open(GOLDEN / f"{name}.png").convert("1") for name in ("pin_setup", "home", "menu")}
     whole, header_and_soft_key = range(0, 64), range(0, 13)
     sim = TmuxSimulator(tmp_path)
     try:
-        sim.wait_for_screen(golden["pin_entry"], whole)
-        sim.send("1", "2", "3", "4", "5", "6", "Enter")
+        sim.wait_for_screen(golden["pin_setup"], whole)
+        sim.send("1", "2", "3", "4", "5", "6", "Enter", "1", "2", "3", "4", "5", "6", "Enter")
         # The clock face shows real time here; the rest of the home screen must match.
         sim.wait_for_screen(golden["home"], header_and_soft_key)
         sim.wait_for_screen(golden["home"], range(52, 64))

@@ -1,15 +1,23 @@
-"""The state machine: boot -> PIN entry -> home -> menu -> sections, and back."""
+"""The state machine: PIN flows and their store requests, lock, sections, forms, text fields."""
 
 from dataclasses import replace
 
 from drivers.keys.events import KeyEvent
-from firmware.state import MENU, PIN_MIN_DIGITS, BootFinished, PhoneState, Tick, UiSettings, section_lines, step
+from firmware import effects as fx
+from firmware.profile import ACCOUNTS_RECORD, SETTINGS_RECORD, Account, Contact, Profile, Settings
+from firmware.state import MENU, BootFinished, PhoneState, Tick, section_items, step
+from firmware.text_entry import keys_for
 
 NOW = 1_795_686_060.0
+PIN = "246810"
+TPM_STORE = fx.StoreOpened(exists=True, protection="PIN + TPM 2.0", min_secret_length=6)
 
 
-def booted() -> PhoneState:
-    return step(step(PhoneState(), Tick(NOW)), BootFinished())
+def booted(store: fx.StoreOpened | None = TPM_STORE) -> PhoneState:
+    state = step(PhoneState(), Tick(NOW))
+    if store is not None:
+        state = step(state, store)
+    return step(state, BootFinished())
 
 
 def press(state: PhoneState, *keys: str) -> PhoneState:
@@ -19,40 +27,193 @@ def press(state: PhoneState, *keys: str) -> PhoneState:
     return state
 
 
-def unlocked() -> PhoneState:
-    return press(booted(), *"123456", "ok")
+def take(state: PhoneState) -> tuple[PhoneState, tuple]:
+    """What the supervisor does: take the requests out of the state."""
+    return replace(state, effects=()), state.effects
 
 
-def test_boot_goes_to_pin_entry_and_keeps_the_notices():
-    state = step(PhoneState(), BootFinished(("config x: bad",)))
-    assert state.screen == "pin_entry" and state.notices == ("config x: bad",)
+def unlocked(profile: Profile = Profile(), duress_set: bool = False) -> PhoneState:
+    state, requests = take(press(booted(), *PIN, "ok"))
+    assert requests == (fx.Unlock(PIN),) and state.screen == "working"
+    return step(state, fx.Unlocked(profile, duress_set))
+
+
+def test_boot_asks_for_the_pin_of_an_existing_store_and_keeps_notices():
+    state = step(step(PhoneState(), TPM_STORE), BootFinished(("config x: bad",)))
+    assert state.screen == "pin" and state.pin.flow == "unlock" and state.notices == ("config x: bad",)
     assert step(state, BootFinished()) is state
 
 
-def test_keys_during_boot_do_nothing():
-    state = step(PhoneState(), Tick(NOW))
-    assert press(state, "1", "ok") is state
+def test_a_new_phone_asks_to_choose_a_pin_twice_then_requests_the_store():
+    state = booted(replace(TPM_STORE, exists=False))
+    assert state.pin.flow == "setup"
+    state = press(state, *"12345", "ok")
+    assert "at least 6" in state.pin.hint and state.pin.stage == 0
+    state = press(state, "back", "back", "back", "back", "back", *PIN, "ok")
+    assert state.pin.stage_name == "confirm"
+    mismatch = press(state, *"135799", "ok")
+    assert mismatch.pin.stage_name == "new" and "differ" in mismatch.pin.hint and not mismatch.effects
+    state, requests = take(press(state, *PIN, "ok"))
+    assert requests == (fx.CreateStore(PIN),) and state.screen == "working"
+    assert PIN not in repr(requests) and PIN not in repr(state)
 
 
-def test_pin_entry_masks_counts_and_deletes():
-    state = press(booted(), "1", "2", "3", "back")
-    assert len(state.pin) == 2 and state.screen == "pin_entry"
-    assert "12" not in repr(state), "the PIN must never show in a repr (logs)"
+def test_without_a_tpm_a_long_passphrase_is_required():
+    state = booted(fx.StoreOpened(exists=False, protection="passphrase (no TPM)", min_secret_length=16))
+    assert "at least 16" in press(state, *"1" * 15, "ok").pin.hint
+    assert press(state, *"1" * 16, "ok").pin.stage_name == "confirm"
 
 
-def test_pin_shorter_than_the_minimum_is_refused_with_a_hint():
-    state = press(booted(), *"1" * (PIN_MIN_DIGITS - 1), "ok")
-    assert state.screen == "pin_entry" and "at least" in state.pin_hint
+def test_the_store_answer_can_arrive_after_boot_finished():
+    state = step(booted(store=None), replace(TPM_STORE, exists=False))
+    assert state.pin.flow == "setup"
 
 
-def test_pin_entry_caps_length():
-    state = press(booted(), *"1" * 20)
-    assert len(state.pin) == 12 and "at most" in state.pin_hint
+def test_typed_digits_are_masked_and_never_in_the_repr():
+    state = press(booted(), "5", "7", "3", "8", "1", "back")
+    assert state.pin.digits == "5738" and "5738" not in repr(state)
 
 
-def test_unlock_reaches_home_and_forgets_the_pin():
+def test_unlocked_goes_home_with_the_profile():
+    profile = Profile(Settings(display_name="desk"), (Account("sip", "a@b", "pw"),), (Contact("Ann", "ann@x"),))
+    state = unlocked(profile)
+    assert state.screen == "home" and not state.locked and state.profile == profile
+    assert state.settings.display_name == "desk"
+
+
+def test_accounts_without_a_remembered_password_are_asked_for_one_after_unlock():
+    profile = Profile(accounts=(Account("xmpp", "a@b", "", remember_password=False), Account("sip", "c@d", "x")))
+    state = unlocked(profile)
+    assert state.screen == "edit" and state.editor.target == ("password", 0) and state.editor.entry.secret
+    state = press(state, *keys_for("s3cret"), "ok")
+    assert state.screen == "home" and state.profile.accounts[0].password == "s3cret"
+    assert not state.effects, "a password that is not remembered is never sent to the store"
+    assert "s3cret" not in repr(state)
+
+
+def test_a_wrong_pin_shows_the_refusal_and_waits_before_the_next_try():
+    state, _ = take(press(booted(), *"999999", "ok"))
+    state = step(state, fx.SecretRefused("Wrong: wait 30 s", wait_s=30))
+    assert state.screen == "pin" and state.pin.hint == "Wrong: wait 30 s"
+    early = press(state, *PIN, "ok")
+    assert not early.effects and "wait" in early.pin.hint
+    later, requests = take(press(step(state, Tick(NOW + 31)), *PIN, "ok"))
+    assert requests == (fx.Unlock(PIN),)
+
+
+def test_factory_fresh_forgets_everything_and_offers_setup():
+    state = unlocked(Profile(contacts=(Contact("Ann", "ann@x"),)))
+    fresh = step(state, fx.FactoryFresh())
+    assert fresh.screen == "pin" and fresh.pin.flow == "setup" and fresh.profile is None and not fresh.pin.hint
+    assert fresh.store.exists is False
+
+
+def test_inactivity_locks_and_the_right_pin_unlocks_without_reopening_the_store():
     state = unlocked()
-    assert state.screen == "home" and not state.locked and state.pin == ""
+    lock_after = state.settings.lock_after_s
+    assert step(state, Tick(NOW + lock_after - 1)).screen == "home"
+    locked = step(state, Tick(NOW + lock_after))
+    assert locked.screen == "pin" and locked.pin.flow == "lock" and locked.locked
+    assert locked.profile == state.profile, "calls and chat keep their accounts while locked"
+    assert not locked.screen_on, "the screen blanked before the lock (60 s < 120 s)"
+    checking, requests = take(press(locked, "ok", *PIN, "ok"))  # the first key only wakes the screen
+    assert requests == (fx.VerifySecret(PIN),)
+    back = step(checking, fx.SecretAccepted())
+    assert back.screen == "home" and not back.locked
+
+
+def test_lock_after_never_does_not_lock():
+    state = replace(unlocked(), settings=Settings(lock_after_s=0, screen_off_s=0))
+    assert step(state, Tick(NOW + 10_000)).screen == "home"
+
+
+def security(state: PhoneState) -> PhoneState:
+    return press(state, "ok", str(MENU.index("Security") + 1))
+
+
+def test_security_section_says_which_protection_is_active():
+    labels = [item.label for item in section_items(security(unlocked()))]
+    assert "At rest: encrypted" in labels and "Key: PIN + TPM 2.0" in labels
+
+
+def test_change_pin_asks_current_new_and_repeat():
+    state = security(unlocked())
+    state = press(state, "down", "down", "ok")
+    assert state.pin.flow == "change"
+    state, requests = take(press(state, *PIN, "ok", *"135790", "ok", *"135790", "ok"))
+    assert requests == (fx.ChangeSecret(PIN, "135790"),)
+    done = step(state, fx.SecretAccepted())
+    assert done.screen == "section" and done.toast == "PIN changed"
+
+
+def test_back_on_an_empty_pin_leaves_a_change_flow():
+    state = press(security(unlocked()), "down", "down", "ok")
+    assert press(state, "back").screen == "section"
+
+
+def test_duress_pin_must_differ_and_is_shown_as_set():
+    state = press(security(unlocked()), "down", "down", "down", "ok")
+    assert state.pin.flow == "duress_on"
+    same = press(state, *PIN, "ok", *PIN, "ok")
+    assert "differ" in same.pin.hint
+    state, requests = take(press(state, *PIN, "ok", *"000111", "ok", *"000111", "ok"))
+    assert requests == (fx.SetDuress(PIN, "000111"),)
+    state = step(state, fx.SecretAccepted())
+    assert state.duress_set and "Duress PIN: on" in [i.label for i in section_items(state)]
+
+
+def test_lock_now():
+    state = press(security(unlocked()), *["down"] * 4, "ok")
+    assert state.screen == "pin" and state.pin.flow == "lock"
+
+
+def accounts(state: PhoneState) -> PhoneState:
+    return press(state, "ok", str(MENU.index("Accounts") + 1))
+
+
+def test_adding_an_account_types_its_fields_and_requests_a_save():
+    state = press(accounts(unlocked()), "ok")
+    assert state.screen == "form" and state.form.kind == "account"
+    state = press(state, "ok")  # type: sip -> xmpp
+    state = press(state, "down", "ok", *keys_for("ann@example.org"), "ok")
+    state = press(state, "down", "ok", *keys_for("Pa55 word!"), "ok")
+    state = press(state, "down", "ok")  # remember password: yes -> no
+    state, requests = take(press(state, "down", "ok"))
+    expected = Account("xmpp", "ann@example.org", "Pa55 word!", remember_password=False)
+    assert state.screen == "section" and state.profile.accounts == (expected,)
+    assert requests == (fx.SaveProfilePart(ACCOUNTS_RECORD, (expected,)),)
+
+
+def test_a_bad_address_is_refused_on_the_form():
+    state = press(accounts(unlocked()), "ok", "down", "ok", *keys_for("nohost"), "ok")
+    state = press(state, "down", "down", "down", "ok")
+    assert state.screen == "form" and "name@server" in state.form.problem and not state.effects
+
+
+def test_deleting_an_account():
+    state = accounts(unlocked(Profile(accounts=(Account("sip", "a@b", "pw"),))))
+    state = press(state, "ok", *["down"] * 5, "ok")
+    assert state.profile.accounts == () and state.effects == (fx.SaveProfilePart(ACCOUNTS_RECORD, ()),)
+
+
+def test_back_in_an_empty_text_field_cancels_the_edit():
+    state = press(accounts(unlocked()), "ok", "down", "ok")
+    assert state.screen == "edit"
+    assert press(state, "back").screen == "form"
+
+
+def test_settings_toggle_and_cycle_are_saved():
+    state = press(unlocked(), "ok", str(MENU.index("Settings") + 1))
+    state, requests = take(press(state, "down", "down", "down", "down", "ok"))
+    assert state.settings.call_history is True
+    assert requests == (fx.SaveProfilePart(SETTINGS_RECORD, state.settings),)
+    state, requests = take(press(state, "up", "ok"))
+    assert state.settings.lock_after_s == 300 and requests[0].value.lock_after_s == 300
+
+
+def test_erase_history_is_requested():
+    state = press(unlocked(), "ok", str(MENU.index("Settings") + 1), *["down"] * 6, "ok")
+    assert state.effects == (fx.EraseHistory(),)
 
 
 def test_menu_navigation_wraps_and_goes_back():
@@ -64,26 +225,15 @@ def test_menu_navigation_wraps_and_goes_back():
     assert section.screen == "section" and section.section == "Calls"
     assert press(section, "back").screen == "menu"
     assert press(section, "back", "back").screen == "home"
-
-
-def test_digits_open_a_menu_entry_directly():
-    state = press(unlocked(), "ok", "6")
-    assert state.screen == "section" and state.section == "Security"
     assert press(unlocked(), "ok", "9").screen == "menu"
 
 
-def test_security_section_does_not_claim_encryption():
-    state = press(unlocked(), "ok", "6")
-    assert "NOT ACTIVE" in " ".join(section_lines(state))
-
-
-def test_settings_lists_notices_and_scrolls_within_bounds():
+def test_section_selection_stays_within_its_items():
     state = replace(press(unlocked(), "ok", "5"), notices=("a", "b", "c", "d"))
-    lines = section_lines(state)
-    assert lines[-4:] == ("! a", "! b", "! c", "! d")
-    scrolled = press(state, *["down"] * 10)
-    assert scrolled.section_scroll == len(lines) - 4
-    assert press(scrolled, *["up"] * 10).section_scroll == 0
+    items = section_items(state)
+    assert [i.label for i in items[-4:]] == ["! a", "! b", "! c", "! d"]
+    assert press(state, *["down"] * 30).section_index == len(items) - 1
+    assert press(state, *["down"] * 30, *["up"] * 30).section_index == 0
 
 
 def test_hook_is_tracked_on_every_screen():
@@ -93,7 +243,7 @@ def test_hook_is_tracked_on_every_screen():
 
 
 def test_screen_blanks_after_idle_and_first_key_only_wakes():
-    state = replace(unlocked(), settings=UiSettings(screen_off_s=60))
+    state = replace(unlocked(), settings=Settings(screen_off_s=60))
     assert step(state, Tick(NOW + 59)).screen_on
     dark = step(state, Tick(NOW + 61))
     assert not dark.screen_on
@@ -102,15 +252,14 @@ def test_screen_blanks_after_idle_and_first_key_only_wakes():
     assert step(dark, KeyEvent("hook", True)).screen_on
 
 
-def test_clock_ticks_change_state_only_when_the_minute_changes():
+def test_clock_ticks_change_the_face_only_when_the_minute_changes():
     state = unlocked()
-    same_minute = step(state, Tick(NOW + 1))
-    assert same_minute.clock == state.clock
+    assert step(state, Tick(NOW + 1)).clock == state.clock
     assert step(state, Tick(NOW + 60)).clock != state.clock
 
 
 def test_twelve_hour_clock():
-    state = step(replace(PhoneState(), settings=UiSettings(clock_24h=False)), Tick(NOW))
+    state = step(replace(PhoneState(), settings=Settings(clock_24h=False)), Tick(NOW))
     assert state.clock.endswith(("am", "pm"))
 
 

@@ -20,8 +20,7 @@ def test_a_missing_oled_is_one_line_naming_the_key_and_the_phone_still_runs(capl
 
     async def scenario():
         async with ScenarioPhone(config) as phone:
-            await phone.press(*"123456", "ok")
-            await phone.wait_screen("home")
+            await phone.set_up_pin()
             return phone.state
 
     with caplog.at_level(logging.WARNING):
@@ -52,7 +51,8 @@ def test_bad_config_values_are_shown_and_the_phone_boots(tmp_path):
 
     async def scenario():
         async with ScenarioPhone(config) as phone:
-            await phone.press(*"123456", "ok", "ok", "5")
+            await phone.set_up_pin()
+            await phone.press("ok", "5")
             return phone.state
 
     state = run(scenario())
@@ -80,7 +80,7 @@ def test_a_unit_that_fails_is_disabled_and_the_rest_carries_on(caplog):
         phone = ScenarioPhone()
         phone.supervisor.units.append(exploder)
         async with phone:
-            await phone.press(*"123456", "ok")
+            await phone.set_up_pin()
             shown_when_failed = exploder.shown
             await phone.press("ok")
             return phone.state, shown_when_failed, phone.frame()
@@ -100,7 +100,7 @@ def test_the_screen_blanks_after_idle_and_wakes_on_a_key():
             await phone.advance(31)
             asleep_after_idle = display.asleep
             await phone.press("1")
-            return asleep_after_idle, display.asleep, phone.state.pin
+            return asleep_after_idle, display.asleep, phone.state.pin.digits
 
     asleep_after_idle, asleep_after_key, pin = run(scenario())
     assert asleep_after_idle and not asleep_after_key
@@ -142,7 +142,7 @@ def test_simulated_gpio_rests_with_the_handset_on_the_cradle_and_presses_through
             resting = phone.state.off_hook
             wiring = phone.supervisor.gpio.mock_wiring
             wiring.press("7")
-            await phone.supervisor.wait_for(lambda s: len(s.pin) == 1, timeout=2)
+            await phone.supervisor.wait_for(lambda s: len(s.pin.digits) == 1, timeout=2)
             wiring.release("7")
             wiring.lift_handset()
             await phone.supervisor.wait_for(lambda s: s.off_hook, timeout=2)

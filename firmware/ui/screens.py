@@ -1,7 +1,8 @@
 """Every screen of the phone, drawn from state alone.
 
 Contract: :func:`render` is a pure function: the same state gives the same pixels, it reads no
-clock and no device, and it draws a secret (the PIN) only as a count of dots.
+clock and no device, and it draws a secret (a PIN) only as a count of dots and a password only
+as stars (the character being multi-tapped excepted, as phones do).
 Layout on 128x64: a 12 px header (title left, status icons right) over a rule at y=12, then
 four 12 px body lines at y=14, 26, 38, 50.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
-from firmware.state import MENU, SECTION_VISIBLE_LINES, PhoneState, section_lines
+from firmware.state import (MENU, PIN_FLOWS, VISIBLE_LINES, PhoneState, form_lines, min_secret_length,
+                            section_items, secret_word)
 from firmware.ui.fonts import terminus
+from firmware.ui.text_field import draw_mode_badge, draw_text_field
 
 WIDTH, HEIGHT = 128, 64
 HEADER_RULE_Y = 12
@@ -21,6 +24,10 @@ ICON_SIZE = 8
 ICON_GAP = 3
 PIN_DOT_RADIUS = 3
 PIN_DOT_PITCH = 10
+PIN_DOTS_SHOWN = 12
+CHAR_WIDTH = 6
+SOFT_KEYS_Y = 52
+TEXT_FIELD_Y = 28
 
 
 def render(state: PhoneState) -> Image.Image:
@@ -89,59 +96,142 @@ def _body_line(draw: ImageDraw.ImageDraw, index: int, text: str, selected: bool 
         _text(draw, (2, y), text)
 
 
+def _soft_keys(draw: ImageDraw.ImageDraw, left: str, right: str) -> None:
+    _text(draw, (0, SOFT_KEYS_Y), left)
+    _text(draw, (WIDTH - CHAR_WIDTH * len(right), SOFT_KEYS_Y), right)
+
+
+def _toast(draw: ImageDraw.ImageDraw, message: str) -> None:
+    """A one-line message over the bottom line, boxed so it reads as news rather than an item."""
+    draw.rectangle((0, SOFT_KEYS_Y - 1, WIDTH - 1, HEIGHT - 1), fill=0, outline=1)
+    _text(draw, (2, SOFT_KEYS_Y), message[:20])
+
+
+def _list(draw: ImageDraw.ImageDraw, lines: tuple[str, ...], selected: int) -> None:
+    """Lines with the selected one inverted, scrolled so it is in view, with arrows for more."""
+    first = min(max(0, selected - VISIBLE_LINES + 1), max(0, len(lines) - VISIBLE_LINES))
+    for row, index in enumerate(range(first, min(len(lines), first + VISIBLE_LINES))):
+        _body_line(draw, row, lines[index], selected=index == selected)
+    if first > 0:
+        draw.polygon(((WIDTH - 4, BODY_TOP), (WIDTH - 7, BODY_TOP + 4), (WIDTH - 1, BODY_TOP + 4)), fill=1)
+    if first + VISIBLE_LINES < len(lines):
+        draw.polygon(((WIDTH - 4, HEIGHT - 1), (WIDTH - 7, HEIGHT - 5), (WIDTH - 1, HEIGHT - 5)), fill=1)
+
+
 def _boot(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
     _centered(draw, 10, "Byline", size=24, bold=True)
     _centered(draw, 36, "secure phone")
     _centered(draw, 50, "starting...")
 
 
-def _pin_entry(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
-    _header(draw, state, "Enter PIN")
-    count = len(state.pin)
-    left = (WIDTH - count * PIN_DOT_PITCH) // 2
-    for i in range(count):
-        cx, cy = left + i * PIN_DOT_PITCH + PIN_DOT_PITCH // 2, 28
+def pin_title(state: PhoneState) -> str:
+    """The PIN screen's title for the flow and stage in progress."""
+    word = secret_word(state)
+    stage, flow = state.pin.stage_name, state.pin.flow
+    if flow == "lock":
+        return "Locked"
+    if stage == "confirm":
+        return f"Repeat {word}"
+    if stage == "new":
+        return {"setup": f"Choose {word}", "change": f"New {word}"}.get(flow, f"Duress {word}")
+    return f"Enter {word}" if flow == "unlock" else f"Current {word}"
+
+
+def _pin(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
+    _header(draw, state, pin_title(state))
+    count = len(state.pin.digits)
+    shown = min(count, PIN_DOTS_SHOWN)
+    left = (WIDTH - shown * PIN_DOT_PITCH) // 2
+    for i in range(shown):
+        cx, cy = left + i * PIN_DOT_PITCH + PIN_DOT_PITCH // 2, 22
         draw.ellipse((cx - PIN_DOT_RADIUS, cy - PIN_DOT_RADIUS, cx + PIN_DOT_RADIUS, cy + PIN_DOT_RADIUS), fill=1)
     if not count:
-        _centered(draw, 22, "- - - - - -")
-    _centered(draw, 38, state.pin_hint or "then OK")
-    _text(draw, (0, 52), "OK:unlock")
-    _text(draw, (WIDTH - 6 * len("Back:del"), 52), "Back:del")
+        _centered(draw, 16, "- - - - - -")
+    elif count > PIN_DOTS_SHOWN:
+        _centered(draw, 28, f"{count} digits")
+    hint = state.pin.hint
+    if not hint and state.pin.stage_name == "new":
+        hint = f"at least {min_secret_length(state)} digits"
+    _centered(draw, 38, hint or "then OK")
+    last = state.pin.stage + 1 == len(PIN_FLOWS[state.pin.flow])
+    _soft_keys(draw, "OK:unlock" if last and state.pin.flow in ("unlock", "lock") else "OK:next", "Back:del")
+
+
+def _working(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
+    _header(draw, state, "Byline")
+    _centered(draw, 26, state.busy)
 
 
 def _home(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
-    _header(draw, state, state.accounts[0] if state.accounts else "No account")
+    _header(draw, state, state.accounts[0].address if state.accounts else "No account")
     _centered(draw, 14, state.clock, size=24, bold=True)
     _centered(draw, 38, state.date)
     label = "Menu"
-    width = 6 * len(label) + 3
-    draw.rectangle((0, 52, width, 63), fill=1)
-    draw.text((2, 52), label, font=terminus(12), fill=0)
+    width = CHAR_WIDTH * len(label) + 3
+    draw.rectangle((0, SOFT_KEYS_Y, width, HEIGHT - 1), fill=1)
+    draw.text((2, SOFT_KEYS_Y), label, font=terminus(12), fill=0)
+    if state.toast:
+        _toast(draw, state.toast)
 
 
 def _menu(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
     _header(draw, state, "Menu")
-    first = min(max(0, state.menu_index - SECTION_VISIBLE_LINES + 1), len(MENU) - SECTION_VISIBLE_LINES)
-    for row, index in enumerate(range(first, first + SECTION_VISIBLE_LINES)):
-        _body_line(draw, row, f"{index + 1} {MENU[index]}", selected=index == state.menu_index)
+    _list(draw, tuple(f"{i + 1} {name}" for i, name in enumerate(MENU)), state.menu_index)
 
 
 def _section(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
     _header(draw, state, state.section)
-    lines = section_lines(state)
-    visible = lines[state.section_scroll:state.section_scroll + SECTION_VISIBLE_LINES]
-    for row, line in enumerate(visible):
-        _body_line(draw, row, line)
-    if state.section_scroll > 0:
-        draw.polygon(((WIDTH - 4, BODY_TOP), (WIDTH - 7, BODY_TOP + 4), (WIDTH - 1, BODY_TOP + 4)), fill=1)
-    if state.section_scroll + SECTION_VISIBLE_LINES < len(lines):
-        draw.polygon(((WIDTH - 4, HEIGHT - 1), (WIDTH - 7, HEIGHT - 5), (WIDTH - 1, HEIGHT - 5)), fill=1)
+    _list(draw, tuple(item.label for item in section_items(state)), state.section_index)
+    if state.toast:
+        _toast(draw, state.toast)
+
+
+def _form(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
+    form = state.form
+    _header(draw, state, f"{'New' if form.index is None else 'Edit'} {form.kind}")
+    _list(draw, form_lines(form), form.selected)
+    if form.problem:
+        _toast(draw, form.problem)
+
+
+def _edit(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
+    editor = state.editor
+    _text(draw, (0, 0), editor.label[:16])
+    draw_mode_badge(draw, editor.entry, (WIDTH - 3 * CHAR_WIDTH - 2, 0))
+    draw.line((0, HEADER_RULE_Y, WIDTH - 1, HEADER_RULE_Y), fill=1)
+    draw_text_field(draw, editor.entry, (0, TEXT_FIELD_Y), WIDTH, state.now)
+    _soft_keys(draw, "OK:done", "Back:del")
+    if state.toast:
+        _toast(draw, state.toast)
+
+
+def screen_text(state: PhoneState) -> tuple[str, ...]:
+    """The words the screen for ``state`` shows, masked as drawn (for scenarios and tests)."""
+    screen = state.screen
+    if screen == "pin":
+        return (pin_title(state), state.pin.hint)
+    if screen == "working":
+        return (state.busy,)
+    if screen == "home":
+        return (state.accounts[0].address if state.accounts else "No account", state.clock, state.date, state.toast)
+    if screen == "menu":
+        return MENU
+    if screen == "section":
+        return (state.section, *(item.label for item in section_items(state)), state.toast)
+    if screen == "form":
+        return (*form_lines(state.form), state.form.problem)
+    if screen == "edit":
+        return (state.editor.label, state.editor.entry.display(state.now, WIDTH // CHAR_WIDTH).text, state.toast)
+    return ("Byline",)
 
 
 _SCREENS = {
     "boot": _boot,
-    "pin_entry": _pin_entry,
+    "pin": _pin,
+    "working": _working,
     "home": _home,
     "menu": _menu,
     "section": _section,
+    "form": _form,
+    "edit": _edit,
 }

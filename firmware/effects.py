@@ -1,0 +1,118 @@
+"""What the state machine asks the outside world to do, and the answers that come back as events.
+
+Contract: :func:`firmware.state.step` stays pure by returning requests (effects) in
+``PhoneState.effects``; the supervisor takes them out after each step and hands each to the one
+running unit that performs its type. The unit does the work off the event loop and posts one of
+the result events below. Secrets travel in fields that never appear in a repr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from firmware.profile import Profile
+
+# Requests to the encrypted store (performed in order, one at a time, by firmware.store_unit).
+
+
+@dataclass(frozen=True)
+class CreateStore:
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Unlock:
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class VerifySecret:
+    """The lock screen's check: the store stays open; the answer is SecretAccepted or SecretRefused."""
+
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ChangeSecret:
+    current: str = field(repr=False)
+    new: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SetDuress:
+    """Set (``duress`` given) or clear (None) the duress PIN; ``current`` is the owner's PIN."""
+
+    current: str = field(repr=False)
+    duress: str | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SaveProfilePart:
+    part: str
+    value: Any = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EraseHistory:
+    pass
+
+
+STORE_EFFECTS = (CreateStore, Unlock, VerifySecret, ChangeSecret, SetDuress, SaveProfilePart, EraseHistory)
+
+# Answers (events posted back to the supervisor).
+
+
+@dataclass(frozen=True)
+class StoreOpened:
+    """At start: whether a store exists, the protection in force and the shortest secret allowed."""
+
+    exists: bool
+    protection: str
+    min_secret_length: int
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """The store is open; ``problems`` name records that could not be read (the rest loaded)."""
+
+    profile: Profile = field(repr=False)
+    duress_set: bool = False
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SecretAccepted:
+    """A VerifySecret, ChangeSecret or SetDuress request succeeded."""
+
+
+@dataclass(frozen=True)
+class SecretRefused:
+    """The secret was not accepted (or not tried): ``message`` for the screen, ``wait_s`` before a retry."""
+
+    message: str
+    wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FactoryFresh:
+    """There is no store any more. ``message`` is empty after a duress PIN: the phone just looks new."""
+
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A SaveProfilePart or EraseHistory request was written durably; ``message`` says what."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class StoreFailed:
+    """A request could not be done; ``message`` says what and why (no secret in it)."""
+
+    message: str
+
+
+STORE_RESULTS = (StoreOpened, Unlocked, SecretAccepted, SecretRefused, FactoryFresh, Saved, StoreFailed)

@@ -1,0 +1,164 @@
+"""What the owner keeps on the phone: settings, accounts and contacts, and their stored form.
+
+Contract: every type here is a frozen value. ``to_record``/``from_record`` turn a part of the
+profile into the JSON kept in the encrypted store and back; ``from_record`` raises
+``ProfileError`` (naming the record and the field, never a value) for anything malformed, so a
+damaged or hostile record is reported and the rest of the profile still loads. Passwords never
+appear in a repr, and an account whose password is not remembered is stored without it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+AccountKind = Literal["sip", "xmpp"]
+ACCOUNT_KINDS: tuple[AccountKind, ...] = ("sip", "xmpp")
+MAX_TEXT = 200
+"""Longest address, name or password accepted from the keypad or a record."""
+
+SETTINGS_RECORD = "settings"
+ACCOUNTS_RECORD = "accounts"
+CONTACTS_RECORD = "contacts"
+PROFILE_RECORDS = (SETTINGS_RECORD, ACCOUNTS_RECORD, CONTACTS_RECORD)
+
+
+class ProfileError(ValueError):
+    """A record or a form does not hold a valid profile part."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The owner's settings (the config file gives their first-boot defaults)."""
+
+    display_name: str = ""
+    clock_24h: bool = True
+    screen_off_s: int = 60
+    lock_after_s: int = 120
+    call_history: bool = False
+    message_history: bool = False
+
+
+@dataclass(frozen=True)
+class Account:
+    kind: AccountKind
+    address: str
+    password: str = field(default="", repr=False)
+    remember_password: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind.upper()} {self.address}"
+
+
+@dataclass(frozen=True)
+class Contact:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    settings: Settings = Settings()
+    accounts: tuple[Account, ...] = ()
+    contacts: tuple[Contact, ...] = ()
+
+    def with_part(self, part: str, value: Any) -> "Profile":
+        return replace(self, **{_PART_FIELDS[part]: value})
+
+    def part(self, part: str) -> Any:
+        return getattr(self, _PART_FIELDS[part])
+
+
+_PART_FIELDS = {SETTINGS_RECORD: "settings", ACCOUNTS_RECORD: "accounts", CONTACTS_RECORD: "contacts"}
+
+
+def check_text(name: str, value: str, *, required: bool = True) -> str:
+    """``value`` stripped of surrounding spaces; ProfileError naming the field (not the value)."""
+    if not isinstance(value, str):
+        raise ProfileError(f"{name} must be text")
+    value = value.strip()
+    if required and not value:
+        raise ProfileError(f"{name} is empty")
+    if len(value) > MAX_TEXT:
+        raise ProfileError(f"{name} is longer than {MAX_TEXT} characters")
+    if any(ord(c) < 0x20 for c in value):
+        raise ProfileError(f"{name} contains control characters")
+    return value
+
+
+def check_address(kind: str, address: str) -> str:
+    """A user@host address (SIP or XMPP), checked for shape only."""
+    address = check_text("address", address)
+    user, at, host = address.partition("@")
+    if not at or not user or not host or " " in address or "@" in host:
+        raise ProfileError("address must look like name@server")
+    return address
+
+
+def make_account(kind: str, address: str, password: str, remember_password: bool) -> Account:
+    if kind not in ACCOUNT_KINDS:
+        raise ProfileError(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}")
+    return Account(kind, check_address(kind, address), check_text("password", password, required=False),
+                   bool(remember_password))
+
+
+def make_contact(name: str, address: str) -> Contact:
+    return Contact(check_text("name", name), check_address("contact", address))
+
+
+def to_record(part: str, value: Any) -> bytes:
+    """The stored form of one profile part (JSON; passwords only where remembered)."""
+    if part == SETTINGS_RECORD:
+        data: Any = {f.name: getattr(value, f.name) for f in fields(Settings)}
+    elif part == ACCOUNTS_RECORD:
+        data = [{"kind": a.kind, "address": a.address, "remember_password": a.remember_password,
+                 **({"password": a.password} if a.remember_password else {})} for a in value]
+    elif part == CONTACTS_RECORD:
+        data = [{"name": c.name, "address": c.address} for c in value]
+    else:
+        raise ProfileError(f"unknown profile record {part!r}")
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def from_record(part: str, raw: bytes, defaults: Settings) -> Any:
+    """The profile part stored in ``raw`` (see the module contract)."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ProfileError(f"record {part!r} is not JSON") from None
+    try:
+        if part == SETTINGS_RECORD:
+            return _settings_from(data, defaults)
+        if part == ACCOUNTS_RECORD:
+            return tuple(make_account(a["kind"], a["address"], a.get("password", ""), a["remember_password"])
+                         for a in _list(data))
+        if part == CONTACTS_RECORD:
+            return tuple(make_contact(c["name"], c["address"]) for c in _list(data))
+    except (KeyError, TypeError, AttributeError):
+        raise ProfileError(f"record {part!r} misses a field or has a wrong type") from None
+    except ProfileError as e:
+        raise ProfileError(f"record {part!r}: {e}") from None
+    raise ProfileError(f"unknown profile record {part!r}")
+
+
+def _list(data: Any) -> list:
+    if not isinstance(data, list):
+        raise TypeError
+    return data
+
+
+def _settings_from(data: Any, defaults: Settings) -> Settings:
+    if not isinstance(data, dict):
+        raise TypeError
+    values = {}
+    for f in fields(Settings):
+        if f.name not in data:
+            continue  # a setting added by a newer firmware keeps its default
+        value = data[f.name]
+        expected = type(getattr(defaults, f.name))
+        if type(value) is not expected:
+            raise ProfileError(f"setting {f.name} has a wrong type")
+        values[f.name] = check_text(f.name, value, required=False) if expected is str else value
+    return replace(defaults, **values)

@@ -21,7 +21,7 @@ import pytest
 
 from firmware.store import HeaderDamaged, RecordDamaged, WrongSecret
 from firmware.store.vault import Vault
-from test_store_vault import (DURESS_PASSPHRASE, NEW_PIN, OTHER_PASSPHRASE, PASSPHRASE, PIN, FakeShare, files_under,
+from helpers.store_support import (DURESS_PASSPHRASE, NEW_PIN, OTHER_PASSPHRASE, PASSPHRASE, PIN, FakeShare, files_under,
                               small_kdf)
 
 PUT_KILLS = 200

@@ -11,7 +11,7 @@ import pytest
 from firmware.store import RecordDamaged, StoreError
 from firmware.store.records import LARGE_BUCKET, MIN_BUCKET, bucket_size
 from firmware.store.vault import Vault
-from test_store_vault import PASSPHRASE, OTHER_PASSPHRASE, files_under, small_kdf
+from helpers.store_support import PASSPHRASE, OTHER_PASSPHRASE, files_under, small_kdf
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ Errors: ``HardwareShareError`` (unreachable TPM, another TPM, share gone, TPM re
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,7 +50,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self, TypeVar
 
-from tpm2_pytss import (
+# tpm2-tss logs a warning to stderr for every wrong PIN; in the simulator stderr is the terminal
+# the screen is drawn on. Our own log says what happened.
+os.environ.setdefault("TSS2_LOG", "all+none")
+
+from tpm2_pytss import (  # noqa: E402
     ESAPI,
     ESYS_TR,
     TPM2_ALG,

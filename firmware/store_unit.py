@@ -136,8 +136,8 @@ class StoreUnit(Unit):
     def _answer(self, request):
         if isinstance(request, fx.CreateStore):
             kdf = calibrate(self._config["security.kdf_target_ms"] / 1000, self._config["security.kdf_memory_mib"] * 1024)
-            if self._share is not None and self._share.provision(TPM_MAX_TRIES, TPM_RECOVERY_S, TPM_LOCKOUT_RECOVERY_S):
-                log.info("TPM provisioned: %d tries, then one per %d s", TPM_MAX_TRIES, TPM_RECOVERY_S)
+            if self._share is not None:
+                self._share.provision(TPM_MAX_TRIES, TPM_RECOVERY_S, TPM_LOCKOUT_RECOVERY_S)
             self._store = self._vault.create(request.secret, kdf)
             profile = Profile(settings=self._defaults)
             self._store.put(PROFILE_RECORDS[0], to_record(PROFILE_RECORDS[0], profile.settings))

@@ -9,7 +9,7 @@ the result events below. Secrets travel in fields that never appear in a repr.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from firmware.profile import Profile
 
@@ -115,4 +115,80 @@ class StoreFailed:
     message: str
 
 
+@dataclass(frozen=True)
+class Unavailable:
+    """No running unit performs ``request`` (its unit is disabled: ``reason`` says why)."""
+
+    request: str
+    reason: str
+
+
 STORE_RESULTS = (StoreOpened, Unlocked, SecretAccepted, SecretRefused, FactoryFresh, Saved, StoreFailed)
+
+# Requests to the calls unit (firmware/call_unit.py).
+
+
+@dataclass(frozen=True)
+class PlaceCall:
+    account: str
+    """The address of the SIP account to call from."""
+    uri: str
+
+
+@dataclass(frozen=True)
+class AnswerCall:
+    call_id: str
+
+
+@dataclass(frozen=True)
+class EndCall:
+    """Hang up, cancel, or reject an incoming call."""
+
+    call_id: str
+
+
+@dataclass(frozen=True)
+class VerifySas:
+    """The two people compared the SAS: ``verified`` True (it matched) or False (it did not)."""
+
+    call_id: str
+    verified: bool
+
+
+CALL_EFFECTS = (PlaceCall, AnswerCall, EndCall, VerifySas)
+
+# Answers from the calls unit.
+
+CallPhase = Literal["calling", "ringing", "incoming", "connected", "ended"]
+CallSecurity = Literal["pending", "secure", "verified", "key_changed", "not_encrypted", "failed"]
+
+
+@dataclass(frozen=True)
+class CallView:
+    """What the phone shows of one call; the calls unit sends a new one on every change.
+
+    ``security``: pending (ZRTP under way), secure (keyed, SAS not compared), verified (compared on
+    this or an earlier call), key_changed (the peer's key differs from the one compared before),
+    not_encrypted (no ZRTP: only possible where the account allows plain calls), failed.
+    """
+
+    call_id: str
+    peer: str
+    incoming: bool
+    phase: CallPhase
+    security: CallSecurity = "pending"
+    sas: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CallChanged:
+    call: CallView
+
+
+@dataclass(frozen=True)
+class AccountStatus:
+    """How an account's registration stands: "registering", "registered" or "failed: why"."""
+
+    address: str
+    status: str

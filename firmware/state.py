@@ -20,7 +20,7 @@ from firmware.profile import (ACCOUNTS_RECORD, CONTACTS_RECORD, SETTINGS_RECORD,
                               Settings, check_text, make_account, make_contact)
 from firmware.text_entry import TextEntry
 
-Screen = Literal["boot", "pin", "working", "home", "menu", "section", "form", "edit"]
+Screen = Literal["boot", "pin", "working", "home", "menu", "section", "form", "edit", "dial"]
 
 MENU = ("Contacts", "Calls", "Messages", "Accounts", "Settings", "Security")
 PIN_MAX_DIGITS = 32
@@ -33,6 +33,9 @@ VISIBLE_LINES = 4
 SCREEN_OFF_CHOICES = (15, 30, 60, 120, 300, 0)
 LOCK_AFTER_CHOICES = (30, 60, 120, 300, 600, 0)
 TEXT_MAX = 200
+DIAL_MAX_DIGITS = 32
+CALL_ENDED_SHOWN_S = 3.0
+"""How long "Call ended" stays on the screen (a key dismisses it sooner)."""
 
 PIN_FLOWS: dict[str, tuple[str, ...]] = {
     "setup": ("new", "confirm"),
@@ -113,7 +116,9 @@ class Form:
 
     @property
     def actions(self) -> tuple[str, ...]:
-        return ("Save",) if self.index is None else ("Save", "Delete")
+        if self.index is None:
+            return ("Save",)
+        return ("Call", "Save", "Delete") if self.kind == "contact" else ("Save", "Delete")
 
     def value(self, name: str) -> str | bool:
         return next(f.value for f in self.fields if f.name == name)
@@ -157,6 +162,10 @@ class PhoneState:
     form: Form | None = None
     editor: Editor | None = None
     toast: str = ""
+    dial: str = ""
+    calls: tuple[fx.CallView, ...] = ()
+    ended_shown_until: float = 0.0
+    account_status: tuple[tuple[str, str], ...] = ()
     off_hook: bool = False
     screen_on: bool = True
     idle_since: float = 0.0
@@ -170,6 +179,16 @@ class PhoneState:
     @property
     def accounts(self) -> tuple[Account, ...]:
         return self.profile.accounts if self.profile else ()
+
+    @property
+    def call(self) -> fx.CallView | None:
+        """The call the screen shows: an incoming or live one first, else one that just ended."""
+        live = [c for c in self.calls if c.phase != "ended"]
+        ranked = sorted(live, key=lambda c: c.phase != "incoming")
+        return ranked[0] if ranked else (self.calls[-1] if self.calls else None)
+
+    def status_of(self, address: str) -> str:
+        return dict(self.account_status).get(address, "")
 
 
 def clock_text(now: float, clock_24h: bool) -> tuple[str, str]:
@@ -214,6 +233,8 @@ def _tick(state: PhoneState, now: float) -> PhoneState:
     new = state
     if (clock, date, screen_on, now) != (state.clock, state.date, state.screen_on, state.now):
         new = replace(state, now=now, clock=clock, date=date, screen_on=screen_on)
+    if new.calls and now >= new.ended_shown_until and any(c.phase == "ended" for c in new.calls):
+        new = replace(new, calls=tuple(c for c in new.calls if c.phase != "ended"))
     if new.editor is not None:
         entry = new.editor.entry.tick(now)
         if entry is not new.editor.entry:
@@ -240,12 +261,15 @@ def _lock(state: PhoneState) -> PhoneState:
 
 def _key(state: PhoneState, event: KeyEvent) -> PhoneState:
     if event.key == "hook":
-        return replace(state, off_hook=event.pressed, idle_since=state.now, screen_on=True)
+        return _hook(replace(state, off_hook=event.pressed, idle_since=state.now, screen_on=True), event.pressed)
     if not event.pressed:
         return state
     if not state.screen_on:
         # The first press only wakes a blanked screen, so a blind press does nothing unseen.
         return replace(state, screen_on=True, idle_since=state.now)
+    if state.call is not None:
+        # A call owns the keys, on the lock screen too: an incoming call can always be answered.
+        return _call_key(replace(state, idle_since=state.now), event.key)
     handler = _KEY_HANDLERS.get(state.screen)
     if handler is None:
         return state
@@ -310,7 +334,98 @@ def _finish_pin_flow(state: PhoneState, flow: str, entries: tuple[str, ...]) -> 
 def _home_key(state: PhoneState, key: str) -> PhoneState:
     if key in ("ok", "up", "down"):
         return replace(state, screen="menu")
+    if key in DIGITS or key in ("*", "#"):
+        return replace(state, screen="dial", dial=key)
     return state
+
+
+# Calls
+
+
+def sip_account(state: PhoneState) -> Account | None:
+    """The account calls are placed from: the first SIP account."""
+    return next((a for a in state.accounts if a.kind == "sip"), None)
+
+
+def _dial_key(state: PhoneState, key: str) -> PhoneState:
+    if key in DIGITS or key in ("*", "#"):
+        return replace(state, dial=(state.dial + key)[:DIAL_MAX_DIGITS])
+    if key == "back":
+        return replace(state, dial=state.dial[:-1], screen="dial" if len(state.dial) > 1 else "home")
+    if key == "ok":
+        return _place_call_to_number(state)
+    return state
+
+
+def _place_call_to_number(state: PhoneState) -> PhoneState:
+    account = sip_account(state)
+    if account is None:
+        return replace(state, toast="No SIP account")
+    domain = account.address.partition("@")[2]
+    return _place_call(replace(state, screen="home", dial=""), account, f"sip:{state.dial}@{domain}")
+
+
+def _place_call(state: PhoneState, account: Account | None, uri: str) -> PhoneState:
+    if account is None:
+        return replace(state, toast="No SIP account")
+    return _request(state, fx.PlaceCall(account.address, uri))
+
+
+def _hook(state: PhoneState, lifted: bool) -> PhoneState:
+    """The handset answers, places and ends calls."""
+    call = state.call
+    if call is not None and call.phase != "ended":
+        if lifted and call.phase == "incoming":
+            return _request(state, fx.AnswerCall(call.call_id))
+        if not lifted:
+            return _request(state, fx.EndCall(call.call_id))
+        return state
+    if lifted and state.screen == "dial" and state.dial:
+        return _place_call_to_number(state)
+    if lifted and state.screen == "section" and state.section == "Contacts":
+        items = section_items(state)
+        action = items[state.section_index].action if state.section_index < len(items) else ()
+        if action[:1] == ("edit_contact",):
+            return _call_contact(state, action[1])
+    return state
+
+
+def _call_contact(state: PhoneState, index: int) -> PhoneState:
+    contact = state.profile.contacts[index]
+    return _place_call(state, sip_account(state), f"sip:{contact.address}")
+
+
+def _call_key(state: PhoneState, key: str) -> PhoneState:
+    call = state.call
+    if call.phase == "ended":
+        return replace(state, calls=tuple(c for c in state.calls if c.phase != "ended"))
+    if call.phase == "incoming" and key == "ok":
+        return _request(state, fx.AnswerCall(call.call_id))
+    if key == "back":
+        return _request(state, fx.EndCall(call.call_id))
+    if call.phase == "connected" and call.security in ("secure", "verified", "key_changed"):
+        if key == "ok":
+            return _request(state, fx.VerifySas(call.call_id, True))
+        if key == "#":
+            return _request(state, fx.VerifySas(call.call_id, False))
+    return state
+
+
+def _call_changed(state: PhoneState, event: fx.CallChanged) -> PhoneState:
+    call = event.call
+    others = tuple(c for c in state.calls if c.call_id != call.call_id)
+    if call.phase == "ended":
+        return replace(state, calls=others + (call,), ended_shown_until=state.now + CALL_ENDED_SHOWN_S,
+                       screen_on=True, idle_since=state.now)
+    known = any(c.call_id == call.call_id for c in state.calls)
+    calls = tuple(call if c.call_id == call.call_id else c for c in state.calls) if known else state.calls + (call,)
+    return replace(state, calls=calls, screen_on=True, idle_since=state.now)
+
+
+def _account_status(state: PhoneState, event: fx.AccountStatus) -> PhoneState:
+    statuses = dict(state.account_status)
+    statuses[event.address] = event.status
+    return replace(state, account_status=tuple(statuses.items()))
 
 
 def _menu_key(state: PhoneState, key: str) -> PhoneState:
@@ -342,12 +457,18 @@ def section_items(state: PhoneState) -> tuple[Item, ...]:
     if section == "Messages":
         return (Item("No messages."), Item(f"Msg history: {_on_off(profile.settings.message_history)}"))
     if section == "Accounts":
-        return (*(Item(a.label if a.password else f"{a.label} (no pw)", ("edit_account", i))
-                  for i, a in enumerate(profile.accounts)),
+        return (*(Item(_account_line(state, a), ("edit_account", i)) for i, a in enumerate(profile.accounts)),
                 Item("+ Add account", ("new_account",)))
     if section == "Settings":
         return _settings_items(state.settings, state.notices)
     return _security_items(state)
+
+
+def _account_line(state: PhoneState, account: Account) -> str:
+    if not account.password:
+        return f"{account.label} (no pw)"
+    status = state.status_of(account.address)
+    return f"{account.label} ({status})" if status else account.label
 
 
 def _on_off(value: bool) -> str:
@@ -496,6 +617,8 @@ def _form_action(state: PhoneState, action: str) -> PhoneState:
     profile = state.profile or Profile()
     part = ACCOUNTS_RECORD if form.kind == "account" else CONTACTS_RECORD
     entries = list(profile.part(part))
+    if action == "Call":
+        return _call_contact(replace(state, screen="section", form=None), form.index)
     if action == "Delete":
         del entries[form.index]
     else:
@@ -624,8 +747,13 @@ def _store_failed(state: PhoneState, event: fx.StoreFailed) -> PhoneState:
     return replace(state, toast=event.message)
 
 
+def _unavailable(state: PhoneState, event: fx.Unavailable) -> PhoneState:
+    return _store_failed(state, fx.StoreFailed(f"unavailable: {event.reason}"))
+
+
 _KEY_HANDLERS = {
     "pin": _pin_key,
+    "dial": _dial_key,
     "home": _home_key,
     "menu": _menu_key,
     "section": _section_key,
@@ -641,4 +769,7 @@ _RESULT_HANDLERS = {
     fx.FactoryFresh: _factory_fresh,
     fx.Saved: _saved,
     fx.StoreFailed: _store_failed,
+    fx.Unavailable: _unavailable,
+    fx.CallChanged: _call_changed,
+    fx.AccountStatus: _account_status,
 }

@@ -5,9 +5,9 @@ any other thread); the supervisor applies them one at a time with :func:`firmwar
 and, after each change, lets every running unit show the new state. Each key event is preceded
 by a fresh clock reading, so what a key does can depend on the time it was pressed (multi-tap).
 Requests the state makes (``state.effects``) are taken out and handed to the running unit that
-performs their type; when that unit is disabled, the state is told why with a StoreFailed. A unit whose device fails
-to open is disabled with one logged line naming the config key; a unit that raises while
-showing a state is disabled the same way, and the phone carries on without it.
+performs their type; when that unit is disabled, the state is told why (Unavailable). A unit
+whose device fails to open is disabled with one logged line naming the config key; a unit that
+raises while showing a state is disabled the same way, and the phone carries on without it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Callable
 from drivers.errors import DeviceError
 from drivers.keys.events import KeyEvent
 from firmware.config import Config
-from firmware.effects import StoreFailed
+from firmware.effects import Unavailable
 from firmware.profile import Settings
 from firmware.state import BootFinished, Event, PhoneState, Tick, step
 from firmware.store_unit import StoreUnit
@@ -136,7 +136,7 @@ class Supervisor:
             return
         reason = self._failures.get(performer, "no unit performs it")
         log.error("%s not performed: %s", type(request).__name__, reason)
-        self.post(StoreFailed(f"unavailable: {reason}"))
+        self.post(Unavailable(type(request).__name__, reason))
 
     def _show(self, unit: Unit) -> None:
         try:

@@ -266,3 +266,59 @@ def test_twelve_hour_clock():
 def test_unknown_events_leave_the_state_alone():
     state = unlocked()
     assert step(state, object()) is state
+
+
+# Calls
+
+SIP = Account("sip", "alice@127.0.0.1:5060", "pw")
+
+
+def call_view(phase: str, security: str = "pending", sas: str = "", incoming: bool = False) -> fx.CallView:
+    return fx.CallView("c1", "bob", incoming, phase, security, sas)
+
+
+def test_digits_at_home_dial_and_ok_places_the_call_from_the_sip_account():
+    state = press(unlocked(Profile(accounts=(Account("xmpp", "a@b", "x"), SIP))), "4", "2")
+    assert state.screen == "dial" and state.dial == "42"
+    state, requests = take(press(state, "ok"))
+    assert requests == (fx.PlaceCall(SIP.address, "sip:42@127.0.0.1:5060"),) and state.screen == "home"
+
+
+def test_lifting_the_handset_on_a_contact_calls_it():
+    state = press(unlocked(Profile(accounts=(SIP,), contacts=(Contact("Bob", "bob@127.0.0.1:5060"),))), "ok", "1")
+    state, requests = take(step(state, KeyEvent("hook", True)))
+    assert requests == (fx.PlaceCall(SIP.address, "sip:bob@127.0.0.1:5060"),)
+
+
+def test_no_sip_account_is_said_rather_than_dialled():
+    state = press(unlocked(), "5", "ok")
+    assert not state.effects and state.toast == "No SIP account"
+
+
+def test_an_incoming_call_is_answered_by_lifting_even_on_the_lock_screen():
+    state = step(step(unlocked(), Tick(NOW + 500)), fx.CallChanged(call_view("incoming", incoming=True)))
+    assert state.locked and state.call.phase == "incoming"
+    _, requests = take(step(state, KeyEvent("hook", True)))
+    assert requests == (fx.AnswerCall("c1"),)
+    _, requests = take(press(state, "back"))
+    assert requests == (fx.EndCall("c1"),), "back rejects"
+
+
+def test_in_a_secure_call_ok_verifies_and_hash_reports_a_mismatch_and_hanging_up_ends():
+    state = step(unlocked(), fx.CallChanged(call_view("connected", "secure", "k7f2")))
+    assert take(press(state, "ok"))[1] == (fx.VerifySas("c1", True),)
+    assert take(press(state, "#"))[1] == (fx.VerifySas("c1", False),)
+    assert take(step(replace(state, off_hook=True), KeyEvent("hook", False)))[1] == (fx.EndCall("c1"),)
+
+
+def test_an_unencrypted_call_cannot_be_verified():
+    state = step(unlocked(), fx.CallChanged(call_view("connected", "not_encrypted")))
+    assert not press(state, "ok").effects
+
+
+def test_an_ended_call_shows_briefly_then_goes():
+    state = step(unlocked(), fx.CallChanged(call_view("connected", "verified", "k7f2")))
+    ended = step(state, fx.CallChanged(call_view("ended")))
+    assert ended.call.phase == "ended"
+    assert step(ended, Tick(NOW + 10)).call is None
+    assert press(ended, "5").call is None and press(ended, "5").screen == "home"

@@ -149,3 +149,17 @@ def test_simulated_gpio_rests_with_the_handset_on_the_cradle_and_presses_through
             return resting
 
     assert run(scenario()) is False
+
+
+def test_a_request_whose_unit_is_disabled_is_answered_with_the_reason(tmp_path):
+    # A TPM that cannot be reached disables the store unit: the PIN screen must say why.
+    config = headless_config(security__state_dir=str(tmp_path / "state"), security__tpm="swtpm:host=127.0.0.1,port=1")
+
+    async def scenario():
+        async with ScenarioPhone(config) as phone:
+            await phone.press(*"123456", "ok")
+            return phone.state
+
+    state = run(scenario())
+    assert state.screen == "pin" and state.pin.hint.startswith("unavailable: security.tpm:")
+    assert any(n.startswith("security.tpm: store:") for n in state.notices)

@@ -34,7 +34,10 @@ def render(state: PhoneState) -> Image.Image:
     """The frame for ``state`` (a 128x64 mode "1" image; white = lit pixel)."""
     image = Image.new("1", (WIDTH, HEIGHT), 0)
     draw = ImageDraw.Draw(image)
-    _SCREENS[state.screen](draw, state)
+    if state.call is not None and state.screen != "boot":
+        _call(draw, state)
+    else:
+        _SCREENS[state.screen](draw, state)
     return image
 
 
@@ -208,6 +211,10 @@ def _edit(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
 def screen_text(state: PhoneState) -> tuple[str, ...]:
     """The words the screen for ``state`` shows, masked as drawn (for scenarios and tests)."""
     screen = state.screen
+    if state.call is not None and screen != "boot":
+        return call_lines(state)
+    if screen == "dial":
+        return ("Dial", state.dial, state.toast)
     if screen == "pin":
         return (pin_title(state), state.pin.hint)
     if screen == "working":
@@ -225,7 +232,56 @@ def screen_text(state: PhoneState) -> tuple[str, ...]:
     return ("Byline",)
 
 
+SECURITY_LINES = {
+    "pending": "Securing...",
+    "secure": "SECURE, not verified",
+    "verified": "SECURE + verified",
+    "key_changed": "KEY CHANGED! Compare",
+    "not_encrypted": "NOT ENCRYPTED",
+    "failed": "NOT SECURE: ended",
+}
+PHASE_LINES = {"calling": "Calling...", "ringing": "Ringing...", "incoming": "Incoming call", "ended": "Call ended"}
+
+
+def call_lines(state: PhoneState) -> tuple[str, str, str, str]:
+    """The call screen's words: peer, security (or phase), SAS, soft keys."""
+    call = state.call
+    if call.phase != "connected":
+        keys = ("OK:answer", "Back:reject") if call.phase == "incoming" else ("", "Back:end" if call.phase != "ended" else "")
+        return call.peer, PHASE_LINES[call.phase], call.reason, " ".join(k for k in keys if k)
+    keys = "OK:ok #:wrong" if call.security in ("secure", "key_changed") else "Back:end"
+    return call.peer, SECURITY_LINES[call.security], call.sas, keys
+
+
+def _call(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
+    """The security state is always on screen in a call: inverted when it is a warning."""
+    call = state.call
+    peer, status, middle, keys = call_lines(state)
+    _header(draw, state, peer[:16])
+    warning = call.phase == "connected" and call.security in ("key_changed", "not_encrypted", "failed")
+    if warning:
+        draw.rectangle((0, BODY_TOP, WIDTH - 1, BODY_TOP + LINE_HEIGHT - 1), fill=1)
+        draw.text((2, BODY_TOP), status, font=terminus(12, True), fill=0)
+    else:
+        _centered(draw, BODY_TOP, status)
+    if call.phase == "connected" and call.sas:
+        size = 24 if len(call.sas) <= 4 else 12
+        _centered(draw, 28 if size == 24 else 32, call.sas, size=size, bold=True)
+    elif middle:
+        _centered(draw, 32, middle[:21])
+    _text(draw, (0, SOFT_KEYS_Y), keys)
+
+
+def _dial(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
+    _header(draw, state, "Dial")
+    _centered(draw, 24, state.dial[-10:], size=24 if len(state.dial) <= 8 else 12, bold=True)
+    _soft_keys(draw, "OK:call", "Back:del")
+    if state.toast:
+        _toast(draw, state.toast)
+
+
 _SCREENS = {
+    "dial": _dial,
     "boot": _boot,
     "pin": _pin,
     "working": _working,

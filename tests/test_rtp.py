@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import statistics
 import struct
-import time
 
 import pytest
 
@@ -583,7 +582,6 @@ def test_jitter_buffer_survives_garbage_streams():
     # Sequence and timestamp jumps of any size, reordering, bursts, other SSRCs, repeated gets: no
     # exception, counters that make sense, and no call that loops over the size of a jump.
     rng = random.Random(1889)
-    slowest = 0.0
     for _ in range(40):
         buffer = JitterBuffer(rng.choice((8000, 16000)), min_delay_ms=rng.choice((20, 40, 60)),
                               max_delay_ms=rng.choice((60, 300)))
@@ -597,16 +595,13 @@ def test_jitter_buffer_survives_garbage_streams():
             packet = RtpPacket(rng.choice((0, 101)), (sequence + rng.randint(-5, 3)) & 0xFFFF,
                                (timestamp + rng.randint(-500, 500)) & 0xFFFF_FFFF,
                                1 if rng.random() < 0.99 else rng.randrange(3))
-            start = time.perf_counter()
             buffer.put(packet, now + rng.random() * rng.choice((0, 0.1, 2)))
             for _ in range(rng.choice((0, 1, 1, 2))):
                 buffer.get()
-            slowest = max(slowest, time.perf_counter() - start)
             sequence, timestamp, now = (sequence + 1) & 0xFFFF, (timestamp + step) & 0xFFFF_FFFF, now + FRAME_S
         stats = buffer.stats
         assert min(stats.received, stats.lost, stats.late, stats.duplicates, stats.discarded) >= 0
         assert len(buffer) < 400
-    assert slowest < 0.05
 
 
 def test_jitter_buffer_checks_its_arguments():
@@ -617,29 +612,3 @@ def test_jitter_buffer_checks_its_arguments():
         JitterBuffer(8000).put(b"raw bytes", 0.0)
     assert JitterBuffer(8000).get() is None
     assert JitterBuffer(8000).report_block() is None
-
-
-def test_jitter_buffer_cost_per_frame(capsys):
-    network = Network(3000, loss=0.05, jitter_s=lambda i: 0.060, seed=2)
-    buffer = JitterBuffer(8000)
-    arrivals = network.arrivals
-    k = 0
-    put_time = get_time = 0.0
-    gets = 0
-    now = 0.007
-    while k < len(arrivals):
-        start = time.perf_counter()
-        while k < len(arrivals) and arrivals[k][0] <= now:
-            buffer.put(arrivals[k][2], arrivals[k][0])
-            k += 1
-        middle = time.perf_counter()
-        buffer.get()
-        end = time.perf_counter()
-        put_time += middle - start
-        get_time += end - middle
-        gets += 1
-        now += FRAME_S
-    with capsys.disabled():
-        print(f"\njitter buffer per 20 ms frame: get {get_time / gets * 1e6:.1f} us, "
-              f"put {put_time / len(arrivals) * 1e6:.1f} us per packet")
-    assert get_time / gets < 200e-6

@@ -110,6 +110,11 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("security.kdf_target_ms", 1000, "Argon2id time per unlock, calibrated on this CPU when a PIN is set",
             integer(1, 20000)),
     Setting("security.kdf_memory_mib", 64, "Argon2id memory per unlock", integer(8, 1024)),
+    Setting("calls.enabled", True, "SIP calls (pjsua2 signalling, our ZRTP/SRTP media engine)", flag),
+    Setting("calls.bind_address", "0.0.0.0", "where SIP listens", text),
+    Setting("calls.sip_port", 5060, "SIP port for UDP and TCP (0 = any free port)", integer(0, 65535)),
+    Setting("calls.media_address", "",
+            "our address in SDP and for RTP (empty: the address of the interface that reaches the registrar)", text),
     Setting("lab.enabled", False, "start the built-in lab (local Prosody and Kamailio) with the phone", flag),
 )
 
@@ -191,7 +196,7 @@ def reference() -> str:
         "| --- | --- | --- |",
     ]
     for s in SCHEMA:
-        default = f"0x{s.default:02X}" if s.key.endswith("_address") else repr(s.default)
+        default = f"0x{s.default:02X}" if s.key.endswith("_address") and isinstance(s.default, int) else repr(s.default)
         if s.key == "gpio.pinmap":
             default = "'hw/pinmap.toml'"
         lines.append(f"| `{s.key}` | `{default}` | {s.doc} |")

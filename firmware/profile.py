@@ -46,6 +46,8 @@ class Account:
     address: str
     password: str = field(default="", repr=False)
     remember_password: bool = True
+    plain_calls: bool = False
+    """Allow calls without ZRTP (shown NOT ENCRYPTED throughout); refused by default."""
 
     @property
     def label(self) -> str:
@@ -97,11 +99,12 @@ def check_address(kind: str, address: str) -> str:
     return address
 
 
-def make_account(kind: str, address: str, password: str, remember_password: bool) -> Account:
+def make_account(kind: str, address: str, password: str, remember_password: bool,
+                 plain_calls: bool = False) -> Account:
     if kind not in ACCOUNT_KINDS:
         raise ProfileError(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}")
     return Account(kind, check_address(kind, address), check_text("password", password, required=False),
-                   bool(remember_password))
+                   bool(remember_password), bool(plain_calls) and kind == "sip")
 
 
 def make_contact(name: str, address: str) -> Contact:
@@ -114,7 +117,8 @@ def to_record(part: str, value: Any) -> bytes:
         data: Any = {f.name: getattr(value, f.name) for f in fields(Settings)}
     elif part == ACCOUNTS_RECORD:
         data = [{"kind": a.kind, "address": a.address, "remember_password": a.remember_password,
-                 **({"password": a.password} if a.remember_password else {})} for a in value]
+                 "plain_calls": a.plain_calls, **({"password": a.password} if a.remember_password else {})}
+                for a in value]
     elif part == CONTACTS_RECORD:
         data = [{"name": c.name, "address": c.address} for c in value]
     else:
@@ -132,8 +136,8 @@ def from_record(part: str, raw: bytes, defaults: Settings) -> Any:
         if part == SETTINGS_RECORD:
             return _settings_from(data, defaults)
         if part == ACCOUNTS_RECORD:
-            return tuple(make_account(a["kind"], a["address"], a.get("password", ""), a["remember_password"])
-                         for a in _list(data))
+            return tuple(make_account(a["kind"], a["address"], a.get("password", ""), a["remember_password"],
+                                      a.get("plain_calls", False) is True) for a in _list(data))
         if part == CONTACTS_RECORD:
             return tuple(make_contact(c["name"], c["address"]) for c in _list(data))
     except (KeyError, TypeError, AttributeError):

@@ -5,10 +5,13 @@ display (every frame the OLED would show becomes OUTDIR/frames/frame_NNNNNN.png)
 MockFactory. Tests and benchmarks use :class:`ScenarioPhone` directly. Script lines:
 
     # a comment
-    wait SCREEN            wait (up to WAIT_TIMEOUT_S) until the screen is SCREEN (one of SCREENS)
+    wait SCREEN [S]        wait (up to S seconds, default WAIT_TIMEOUT_S) until the screen is SCREEN
+                           (one of SCREENS)
     press KEY [KEY ...]    press and release keys: 0-9 * # up down ok back
     type TEXT              type TEXT into the open text field by multi-tap, as a person would
-    expect TEXT            wait (up to WAIT_TIMEOUT_S) until TEXT is part of what the screen shows
+    expect TEXT [S]        wait (up to S seconds) until TEXT is part of what the screen shows
+    pause SECONDS          let real time pass (calls: audio flowing)
+    print                  write what the screen shows to stdout, one line: "screen: a | b | c"
     lift | hangup          the handset off or back on the cradle
     advance SECONDS        move the phone's clock forward (screen timeout, clock face)
     snap NAME              save the current frame as OUTDIR/NAME.png
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from drivers.audio import file_capture_device, file_playback_device
 from drivers.keys.events import HOOK, KEYPAD_KEYS, KeyEvent
 from firmware.config import SETTINGS, Config, defaults, load_config
 from firmware.state import PhoneState, Tick
@@ -53,6 +57,9 @@ HEADLESS_DRIVERS = {
     "keys__driver": "matrix",
     "lab__enabled": False,
     "security__tpm": "simulated",
+    # pjsua2 allows one SIP endpoint per process and tests start many phones in one: a scenario
+    # that calls turns calls on (a process per phone, as ./byline scenario is).
+    "calls__enabled": False,
     **SCENARIO_KDF,
 }
 STATE_DIRECTORY = "state"
@@ -196,12 +203,20 @@ def parse_script(text: str) -> list[Step]:
 
 def _check(verb: str, args: tuple[str, ...]) -> str | None:
     if verb == "wait":
-        return None if len(args) == 1 and args[0] in SCREENS else f"wait takes one of {', '.join(SCREENS)}"
+        ok = len(args) in (1, 2) and args[0] in SCREENS and (len(args) == 1 or _seconds(args[1]))
+        return None if ok else f"wait takes one of {', '.join(SCREENS)} and optionally seconds"
+    if verb == "pause":
+        return None if len(args) == 1 and _seconds(args[0]) else "pause takes seconds"
+    if verb == "print":
+        return None if not args else "print takes nothing"
     if verb == "press":
         unknown = [a for a in args if a not in KEYPAD_KEYS]
         return None if args and not unknown else f"press takes keys ({' '.join(KEYPAD_KEYS)})"
-    if verb in ("type", "expect"):
-        return None if len(args) == 1 else f"{verb} takes one text (quote it if it has spaces)"
+    if verb == "type":
+        return None if len(args) == 1 else "type takes one text (quote it if it has spaces)"
+    if verb == "expect":
+        return None if len(args) == 1 or (len(args) == 2 and _seconds(args[1])) else \
+            "expect takes one text (quote it if it has spaces) and optionally seconds"
     if verb in ("lift", "hangup"):
         return None if not args else f"{verb} takes nothing"
     if verb == "advance":
@@ -213,6 +228,13 @@ def _check(verb: str, args: tuple[str, ...]) -> str | None:
         return None if len(args) == 1 and args[0].replace("-", "").replace("_", "").isalnum() else \
             "snap takes one name of letters, digits, - and _"
     return f"unknown step {verb!r}"
+
+
+def _seconds(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
 
 
 async def run_script(steps: list[Step], out: Path, config: Config | None = None) -> list[Path]:
@@ -229,14 +251,19 @@ async def run_script(steps: list[Step], out: Path, config: Config | None = None)
 
 
 async def _perform(phone: ScenarioPhone, step: Step, out: Path, written: list[Path]) -> None:
+    timeout = float(step.args[1]) if step.verb in ("wait", "expect") and len(step.args) == 2 else WAIT_TIMEOUT_S
     if step.verb == "wait":
-        await phone.wait_screen(step.args[0])
+        await phone.wait_screen(step.args[0], timeout)
     elif step.verb == "press":
         await phone.press(*step.args)
     elif step.verb == "type":
         await phone.type(step.args[0])
     elif step.verb == "expect":
-        await phone.expect(step.args[0])
+        await phone.expect(step.args[0], timeout)
+    elif step.verb == "pause":
+        await asyncio.sleep(float(step.args[0]))
+    elif step.verb == "print":
+        print("screen: " + " | ".join(line for line in screen_text(phone.state) if line), flush=True)
     elif step.verb == "lift":
         await phone.lift()
     elif step.verb == "hangup":
@@ -258,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"keep the phone's store in WORK_DIR/{STATE_DIRECTORY} (and its simulated TPM beside "
                              "it), so a later run finds it; default: a temporary one, removed after the run")
     parser.add_argument("--log", type=Path, help="write the firmware's log to this file")
+    parser.add_argument("--capture", type=Path, help="the microphone: a raw S16_LE mono file at audio.rate")
+    parser.add_argument("--playback", type=Path, help="the earpiece: write what it plays to this raw file")
     args = parser.parse_args(argv)
     try:
         steps = parse_script(args.script.read_text())
@@ -266,9 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     frames = args.out / "frames"
     frames.mkdir(parents=True, exist_ok=True)
-    config = headless_config(load_config(args.config), display__driver="capture", display__capture_dir=str(frames))
+    base = load_config(args.config)
+    # One phone per process here, so calls can be on (as the config file says; on by default).
+    config = headless_config(base, display__driver="capture", display__capture_dir=str(frames),
+                             calls__enabled=base["calls.enabled"])
     if args.work_dir is not None:
         config = config.with_values(security__state_dir=str(args.work_dir.resolve() / STATE_DIRECTORY))
+    if args.capture is not None:
+        config = config.with_values(audio__capture_device=file_capture_device(args.capture.resolve()))
+    if args.playback is not None:
+        config = config.with_values(audio__playback_device=file_playback_device(args.playback.resolve()))
     if args.log is not None:
         logging.basicConfig(filename=args.log, level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

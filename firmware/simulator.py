@@ -45,6 +45,9 @@ SIMULATED_DRIVERS = {
     # A real software TPM (swtpm) stands in for the phone's TPM module; its state lives beside
     # the store's directory.
     "security__tpm": "simulated",
+    # A PC may run its own SIP software on 5060, and the lab's servers are on loopback.
+    "calls__bind_address": "127.0.0.1",
+    "calls__sip_port": 0,
 }
 
 

@@ -567,6 +567,7 @@ def _account_form(index: int | None, account: Account | None) -> Form:
         FormField("address", "Address", account.address if account else ""),
         FormField("password", "Password", account.password if account else "", "secret"),
         FormField("remember", "Remember pw", account.remember_password if account else True, "toggle"),
+        FormField("plain", "Plain calls", account.plain_calls if account else False, "toggle"),
     ), index)
 
 
@@ -624,7 +625,7 @@ def _form_action(state: PhoneState, action: str) -> PhoneState:
     else:
         try:
             entry = (make_account(form.value("kind"), form.value("address"), form.value("password"),
-                                  form.value("remember")) if form.kind == "account"
+                                  form.value("remember"), form.value("plain")) if form.kind == "account"
                      else make_contact(form.value("name"), form.value("address")))
         except ProfileError as e:
             return replace(state, form=replace(form, problem=str(e)))

@@ -45,18 +45,26 @@ TPM_RECOVERY_S = 600
 TPM_LOCKOUT_RECOVERY_S = 86400
 
 
+class StoreAccess:
+    """The open store, for the units that keep state in it (calls: the ZID cache); None while
+    locked at boot or after a wipe. Only the store unit sets it."""
+
+    def __init__(self):
+        self.store: Store | None = None
+
+
 class StoreUnit(Unit):
     name = "store"
     section = "security"
     performs = fx.STORE_EFFECTS
 
-    def __init__(self, config: Config, settings_defaults: Settings):
+    def __init__(self, config: Config, settings_defaults: Settings, access: StoreAccess):
+        self._access = access
         self._config = config
         self._defaults = settings_defaults
         self._swtpm = None
         self._share = None
         self._vault: Vault | None = None
-        self._store: Store | None = None
         self._worker: ThreadPoolExecutor | None = None
         self._post: Callable[[object], None] | None = None
 
@@ -74,6 +82,14 @@ class StoreUnit(Unit):
         exists = self._vault.exists()
         log.info("store %s in %s; protection: %s", "found" if exists else "absent", directory, self.protection)
         post(fx.StoreOpened(exists, self.protection, self._vault.min_secret_length))
+
+    @property
+    def _store(self) -> Store | None:
+        return self._access.store
+
+    @_store.setter
+    def _store(self, store: Store | None) -> None:
+        self._access.store = store
 
     @property
     def protection(self) -> str:

@@ -20,12 +20,12 @@ from typing import Callable
 
 from drivers.errors import DeviceError
 from drivers.keys.events import KeyEvent
+from firmware import effects as fx
 from firmware.config import Config
-from firmware.effects import Unavailable
 from firmware.profile import Settings
 from firmware.state import BootFinished, Event, PhoneState, Tick, step
-from firmware.store_unit import StoreUnit
-from firmware.units import Gpio, Unit, build_units, describe_failure
+from firmware.store_unit import StoreAccess, StoreUnit
+from firmware.units import AudioRoute, Gpio, MissingUnit, Unit, build_units, describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Supervisor:
         self.config = config
         self.gpio = gpio or Gpio(config)
         settings = factory_settings(config)
-        self.units = units if units is not None else [StoreUnit(config, settings), *build_units(config, self.gpio)]
+        self.units = units if units is not None else phone_units(config, self.gpio, settings)
         self._clock = clock
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._changed = asyncio.Condition()
@@ -136,7 +136,7 @@ class Supervisor:
             return
         reason = self._failures.get(performer, "no unit performs it")
         log.error("%s not performed: %s", type(request).__name__, reason)
-        self.post(Unavailable(type(request).__name__, reason))
+        self.post(fx.Unavailable(type(request).__name__, reason))
 
     def _show(self, unit: Unit) -> None:
         try:
@@ -154,6 +154,20 @@ class Supervisor:
         self._failures[unit] = line
         log.error("%s disabled %s: %s", unit.name, "at start" if starting else "after a failure", line)
         return line
+
+
+def phone_units(config: Config, gpio: Gpio, settings: Settings) -> list[Unit]:
+    """Every unit of the phone: the store first (its answer must precede BootFinished), devices last."""
+    access, route = StoreAccess(), AudioRoute()
+    units: list[Unit] = [StoreUnit(config, settings, access)]
+    if config["calls.enabled"]:
+        try:
+            from firmware.call_unit import CallsUnit
+        except ImportError as e:  # a missing library disables calls, with the reason, not the phone
+            units.append(MissingUnit("calls", "enabled", f"cannot load {e.name or e}", fx.CALL_EFFECTS))
+        else:
+            units.append(CallsUnit(config, access, route))
+    return units + build_units(config, gpio, route)
 
 
 def factory_settings(config: Config) -> Settings:

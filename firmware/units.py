@@ -55,6 +55,20 @@ class Unit:
         pass
 
 
+class MissingUnit(Unit):
+    """A unit that could not even be loaded: it fails to start with ``reason``, so it is reported
+    like a missing device, and its requests are answered as unavailable."""
+
+    def __init__(self, name: str, setting: str, reason: str, performs: tuple[type, ...] = ()):
+        self.name = self.section = name
+        self._setting = setting
+        self._reason = reason
+        self.performs = performs
+
+    def start(self, post: Callable[[Event], None]) -> None:
+        raise DeviceError(self.name, self._setting, self._reason)
+
+
 class Gpio:
     """The one gpiozero pin factory and pin map that every GPIO unit shares."""
 
@@ -171,15 +185,26 @@ class IndicatorsUnit(Unit):
             self.indicators.close()
 
 
+class AudioRoute:
+    """Where the audio unit's 20 ms frames go during a call: ``media(captured) -> played``, or None.
+
+    Set by the calls unit on the loop and read by the audio thread (an attribute swap is atomic).
+    """
+
+    def __init__(self):
+        self.media: Callable[[bytes], bytes | None] | None = None
+
+
 class AudioUnit(Unit):
-    """The codec: the earpiece plays the dial tone while the handset is lifted on the home screen.
+    """The codec: a connected call's audio, else the dial tone while the handset is lifted at home.
 
     The 20 ms loop runs on the AudioPump's thread; ``show`` only flips a flag that thread reads.
     """
 
     name = section = "audio"
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, route: AudioRoute):
+        self._route = route
         self._settings = {k: v for k, v in config.section("audio").items() if k != "enabled"}
         self._device = None
         self._pump: AudioPump | None = None
@@ -193,6 +218,9 @@ class AudioUnit(Unit):
         self._pump.start()
 
     def _next_frame(self, captured: bytes) -> bytes | None:
+        media = self._route.media
+        if media is not None:
+            return media(captured)
         return self._tone.next_frame() if self.dial_tone else None
 
     def _report_error(self, error: BaseException) -> None:
@@ -208,13 +236,13 @@ class AudioUnit(Unit):
             self._device.close()
 
 
-def build_units(config: Config, gpio: Gpio) -> list[Unit]:
-    """The units this configuration asks for, outputs last so they see the first state whole."""
+def build_units(config: Config, gpio: Gpio, route: AudioRoute) -> list[Unit]:
+    """The device units this configuration asks for, outputs last so they see the first state whole."""
     units: list[Unit] = [KeysUnit(config, gpio), DisplayUnit(config, gpio)]
     if config["indicators.enabled"]:
         units.append(IndicatorsUnit(config, gpio))
     if config["audio.enabled"]:
-        units.append(AudioUnit(config))
+        units.append(AudioUnit(config, route))
     return units
 
 

@@ -60,6 +60,8 @@ async def connect(a: Phone, b: Phone, payload_types=(G722, PCMU), hashes=True):
     await b.open()
     a.media.set_remote("127.0.0.1", b.media.rtp_port, payload_types, b.media.zrtp_hash if hashes else None)
     b.media.set_remote("127.0.0.1", a.media.rtp_port, payload_types, a.media.zrtp_hash if hashes else None)
+    a.media.start()
+    b.media.start()
 
 
 async def wait_until(predicate, timeout=5.0):

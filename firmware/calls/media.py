@@ -4,9 +4,11 @@ Contract:
 
 - ``open()`` binds an RTP socket on a free even port and RTCP on the next, and makes the ZRTP
   session, so ``offer()`` can go into our SDP (ports and ``a=zrtp-hash``).
-- ``set_remote(remote)`` gives the peer's address, codec list and hello hash (from its SDP). With
-  a hello hash ZRTP starts; without one the call is NOT ENCRYPTED, which the session reports
-  (``MediaNotEncrypted``) and, unless plain calls are allowed, never sends or plays a sample.
+- ``set_remote(...)`` gives the peer's address, codec list and hello hash (from its SDP), and
+  ``start()`` (once the call is connected) begins ZRTP. A peer without a hello hash makes the call
+  NOT ENCRYPTED, which the session reports (``MediaNotEncrypted``) and, unless plain calls are
+  allowed, it never sends or plays a sample. A later SDP without ZRTP in a secure call is
+  reported the same way at once.
 - Audio flows only once SRTP is keyed (or, for an allowed plain call, at once). Outbound: the
   audio thread calls ``exchange(captured)`` every 20 ms; it returns the frame to play.
 - Everything from the network runs on the asyncio loop; only datagrams from the peer's media
@@ -119,6 +121,9 @@ class MediaSession:
         self._zrtp: ZrtpSession | None = None
         self._srtp: SrtpSession | None = None
         self._remote: tuple[str, int] | None = None
+        self._zrtp_hash: str | None = None
+        self._started = False
+        self._start_requested = False
         self._codec = None
         self._sender: RtpSender | None = None
         self._jitter: JitterBuffer | None = None
@@ -148,18 +153,29 @@ class MediaSession:
         return self.rtp_port + 1
 
     def set_remote(self, address: str, rtp_port: int, payload_types: tuple[int, ...], zrtp_hash: str | None) -> None:
-        """The peer's media (from its SDP); may be called again on a re-INVITE."""
-        first_time = self._remote is None
+        """The peer's media (from its SDP); called again for every later SDP (re-INVITE, hold)."""
         self._remote = (address, rtp_port)
         if self._codec is None:
             self._choose_codec(payload_types)
-        if zrtp_hash is None:
+        if self._started and zrtp_hash is None and self._zrtp_hash is not None:
+            self._go_plain("the other phone's new offer has no ZRTP")
+        self._zrtp_hash = zrtp_hash if not self._started else self._zrtp_hash
+        if self._start_requested:
+            self.start()
+
+    def start(self) -> None:
+        """The call is connected: begin ZRTP (as soon as the peer's media is known, which for an
+        outgoing call may come just after), or report that the peer offered none."""
+        self._start_requested = True
+        if self._started or self._remote is None:
+            return
+        self._started = True
+        if self._zrtp_hash is None:
             self._go_plain("the other phone did not offer ZRTP")
             return
-        if first_time:
-            self._zrtp.set_peer_hello_hash(zrtp_hash)
-            self._zrtp.start(_now_ms())
-            self._ticker = self._loop.create_task(self._tick_zrtp(), name="zrtp-timers")
+        self._zrtp.set_peer_hello_hash(self._zrtp_hash)
+        self._zrtp.start(_now_ms())
+        self._ticker = self._loop.create_task(self._tick_zrtp(), name="zrtp-timers")
 
     def _choose_codec(self, payload_types: tuple[int, ...]) -> None:
         for payload_type in payload_types:
@@ -207,7 +223,8 @@ class MediaSession:
             return
         kind = classify(data)
         if kind == "zrtp":
-            self._zrtp.receive(data, _now_ms())
+            if self._started:  # before that the peer's Hellos are dropped; it sends them again
+                self._zrtp.receive(data, _now_ms())
         elif kind == "rtp":
             self._on_audio_packet(data)
 

@@ -238,7 +238,7 @@ SECURITY_LINES = {
     "verified": "SECURE + verified",
     "key_changed": "KEY CHANGED! Compare",
     "not_encrypted": "NOT ENCRYPTED",
-    "failed": "NOT SECURE: ended",
+    "failed": "ENCRYPTION FAILED",
 }
 PHASE_LINES = {"calling": "Calling...", "ringing": "Ringing...", "incoming": "Incoming call", "ended": "Call ended"}
 

@@ -1,0 +1,329 @@
+"""The calls unit: SIP accounts from the profile, calls placed and answered, ZRTP-keyed media.
+
+Contract:
+
+- ``start`` starts the SIP agent (one pjsua2 endpoint for the process); if it cannot start, the
+  unit is disabled with the reason (DeviceError naming ``calls``), and the phone runs without calls.
+- ``show(state)`` keeps the agent's accounts equal to the SIP accounts of the unlocked profile
+  that have a password (added, changed, removed); registration results come back as
+  AccountStatus events. A phone that is wiped or factory fresh has no accounts and no calls.
+- Requests (PlaceCall, AnswerCall, EndCall, VerifySas) are performed on the loop; every change of
+  a call is posted as a CallChanged with a whole CallView. The security shown follows the media
+  exactly: pending until ZRTP is done, then secure / verified / key_changed; a peer without ZRTP
+  is refused (488 / hang-up with the reason) unless the account allows plain calls, and then
+  it is shown as not_encrypted for the whole call. Encryption lost during a call (GoClear, or a
+  re-INVITE without ZRTP) is shown at once and, where plain calls are not allowed, ends the call.
+- The ZID cache (bzrtp's SQLite) lives in memory and is saved into the encrypted store after a
+  SAS decision and at the end of each call.
+- A call's audio goes through ``AudioRoute``: the audio unit's 20 ms loop exchanges frames with
+  the connected call's media session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from drivers.errors import DeviceError
+from firmware import effects as fx
+from firmware.calls.media import MediaFailed, MediaNotEncrypted, MediaSecure, MediaSession
+from firmware.calls.sip import (CallEnded, CallProgress, IncomingCall, MediaOffer, Registered, RemoteMedia,
+                                RemoteMediaChanged, SipAccountConfig, SipAgent, SipError, split_name_addr)
+from firmware.calls.zrtp import ZidCache
+from firmware.config import Config
+from firmware.profile import Account
+from firmware.state import PhoneState
+from firmware.store_unit import StoreAccess
+from firmware.units import AudioRoute, Unit
+
+log = logging.getLogger(__name__)
+
+ZID_CACHE_RECORD = "zrtp-zid-cache"
+NOT_ACCEPTABLE = 488
+BUSY_HERE = 486
+
+
+@dataclass
+class _Call:
+    view: fx.CallView
+    account: Account
+    media: MediaSession
+    remote: RemoteMedia | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class CallsUnit(Unit):
+    name = "calls"
+    section = "calls"
+    performs = fx.CALL_EFFECTS
+
+    def __init__(self, config: Config, store: StoreAccess, audio: AudioRoute):
+        self._config = config
+        self._store = store
+        self._audio = audio
+        self._post: Callable[[object], None] | None = None
+        self._agent: SipAgent | None = None
+        self._accounts: dict[str, Account] = {}
+        self._calls: dict[str, _Call] = {}
+        self._zid_cache: ZidCache | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self, post: Callable[[object], None]) -> None:
+        self._post = post
+        self._agent = SipAgent(self._on_sip, bind_address=self._config["calls.bind_address"],
+                               sip_port=self._config["calls.sip_port"])
+        try:
+            self._agent.start()
+        except (SipError, OSError) as e:
+            self._agent = None
+            raise DeviceError("calls", "sip_port", str(e)) from None
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._audio.media = None
+        for call in self._calls.values():
+            call.media.close()
+        self._calls.clear()
+        self._save_zid_cache()
+        if self._agent is not None:
+            self._agent.stop()
+            self._agent = None
+        if self._zid_cache is not None:
+            self._zid_cache.close()
+            self._zid_cache = None
+
+    # Accounts follow the profile.
+
+    def show(self, state: PhoneState) -> None:
+        wanted = {a.address: a for a in state.accounts if a.kind == "sip" and a.password} if state.profile else {}
+        for address in [a for a in self._accounts if a not in wanted or wanted[a] != self._accounts[a]]:
+            self._agent.remove_account(address)
+            del self._accounts[address]
+        for address, account in wanted.items():
+            if address not in self._accounts:
+                self._add_account(account)
+        if state.profile is None and self._zid_cache is not None:
+            self._zid_cache.close()  # wiped or locked at boot: nothing of the old phone stays in memory
+            self._zid_cache = None
+
+    def _add_account(self, account: Account) -> None:
+        host = account.address.partition("@")[2]
+        try:
+            self._agent.add_account(SipAccountConfig(account.address, account.address, account.password,
+                                                     registrar=f"sip:{host}"))
+        except SipError as e:
+            self._post(fx.AccountStatus(account.address, f"failed: {e}"))
+            return
+        self._accounts[account.address] = account
+        self._post(fx.AccountStatus(account.address, "registering"))
+
+    # Requests.
+
+    def perform(self, request) -> None:
+        handler = {fx.PlaceCall: self._place, fx.AnswerCall: self._answer, fx.EndCall: self._end,
+                   fx.VerifySas: self._verify}[type(request)]
+        self._spawn(handler(request))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(coroutine))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, coroutine) -> None:
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug or a peer's surprise costs one call, never the phone
+            log.exception("calls: a request failed")
+
+    async def _place(self, request: fx.PlaceCall) -> None:
+        account = self._accounts.get(request.account)
+        if account is None:
+            self._post(fx.CallChanged(fx.CallView("-", request.uri, False, "ended", reason="account not registered")))
+            return
+        media = await self._open_media(account, request.uri)
+        call_id = self._agent.make_call(account.address, request.uri, self._offer(media))
+        call = _Call(fx.CallView(call_id, _peer_name(request.uri), False, "calling"), account, media)
+        self._calls[call_id] = call
+        self._publish(call)
+
+    async def _answer(self, request: fx.AnswerCall) -> None:
+        call = self._calls.get(request.call_id)
+        if call is None or call.view.phase != "incoming":
+            return
+        await call.ready.wait()
+        self._agent.answer(request.call_id, self._offer(call.media))
+
+    async def _end(self, request: fx.EndCall) -> None:
+        call = self._calls.get(request.call_id)
+        if call is None:
+            return
+        if call.view.phase == "incoming":
+            self._agent.reject(request.call_id, BUSY_HERE, "Declined")
+        else:
+            self._agent.hangup(request.call_id)
+
+    async def _verify(self, request: fx.VerifySas) -> None:
+        call = self._calls.get(request.call_id)
+        if call is None or call.view.security not in ("secure", "verified", "key_changed"):
+            return
+        call.media.set_sas_verified(request.verified)
+        security = "verified" if request.verified else "key_changed"
+        reason = "" if request.verified else "SAS did not match!"
+        self._update(call, security=security, reason=reason)
+        self._save_zid_cache()
+
+    # Media.
+
+    async def _open_media(self, account: Account, peer_uri: str) -> MediaSession:
+        media = MediaSession(bind_address=self._media_address(account), zid_cache=self._cache(),
+                             self_uri=f"sip:{account.address}", peer_uri=_bare_uri(peer_uri),
+                             on_event=lambda event, peer=peer_uri: self._on_media(peer, event),
+                             device_rate=self._config["audio.rate"], allow_plain=account.plain_calls)
+        await media.open()
+        return media
+
+    def _offer(self, media: MediaSession) -> MediaOffer:
+        return MediaOffer(media.rtp_port, media.rtcp_port, media.bind_address, media.zrtp_hash)
+
+    def _media_address(self, account: Account) -> str:
+        configured = self._config["calls.media_address"]
+        if configured:
+            return configured
+        host = account.address.partition("@")[2].rsplit(":", 1)[0]
+        return route_address(host)
+
+    def _cache(self) -> ZidCache:
+        if self._zid_cache is None:
+            saved = None
+            store = self._store.store
+            if store is not None:
+                try:
+                    saved = store.get(ZID_CACHE_RECORD)
+                except KeyError:
+                    pass
+            self._zid_cache = ZidCache(saved)
+        return self._zid_cache
+
+    def _save_zid_cache(self) -> None:
+        store = self._store.store
+        if self._zid_cache is not None and store is not None:
+            store.put(ZID_CACHE_RECORD, self._zid_cache.serialize())
+
+    def _on_media(self, peer: str, event) -> None:
+        call = next((c for c in self._calls.values() if c.view.peer == _peer_name(peer)), None)
+        if call is None:
+            return
+        if isinstance(event, MediaSecure):
+            security = "key_changed" if event.cache_mismatch else "verified" if event.verified else "secure"
+            reason = "The other phone's key changed" if event.cache_mismatch else ""
+            self._update(call, security=security, sas=event.sas, reason=reason)
+            self._audio.media = call.media.exchange
+        elif isinstance(event, MediaNotEncrypted):
+            self._update(call, security="not_encrypted", reason=event.reason)
+            if call.account.plain_calls:
+                self._audio.media = call.media.exchange
+            else:
+                self._agent.hangup(call.view.call_id, NOT_ACCEPTABLE, "Encryption required")
+        elif isinstance(event, MediaFailed):
+            self._update(call, security="failed", reason=event.reason)
+            self._agent.hangup(call.view.call_id)
+
+    # SIP events, on the loop.
+
+    def _on_sip(self, event) -> None:
+        if isinstance(event, Registered):
+            status = "registered" if event.ok else f"failed: {event.code} {event.reason}"
+            self._post(fx.AccountStatus(event.account_id, status))
+        elif isinstance(event, IncomingCall):
+            self._spawn(self._incoming(event))
+        elif isinstance(event, CallProgress):
+            self._progress(event)
+        elif isinstance(event, RemoteMediaChanged):
+            call = self._calls.get(event.call_id)
+            if call is not None:
+                self._set_remote(call, event.remote_media)
+        elif isinstance(event, CallEnded):
+            self._ended(event)
+
+    async def _incoming(self, event: IncomingCall) -> None:
+        account = self._accounts.get(event.account_id)
+        remote = event.remote_media
+        if account is None:
+            self._agent.reject(event.call_id, 404, "Not here")
+            return
+        if (remote is None or remote.zrtp_hash is None) and not account.plain_calls:
+            # Refused before it rings: the caller's phone shows why; ours notes a refused call.
+            self._agent.reject(event.call_id, NOT_ACCEPTABLE, "ZRTP required")
+            self._post(fx.CallChanged(fx.CallView(event.call_id, _peer_name(event.remote_uri), True, "ended",
+                                                  "failed", reason="refused: caller has no ZRTP")))
+            return
+        media = await self._open_media(account, event.remote_uri)
+        call = _Call(fx.CallView(event.call_id, event.remote_display or _peer_name(event.remote_uri), True,
+                                 "incoming"), account, media)
+        self._calls[event.call_id] = call
+        self._set_remote(call, remote)
+        call.ready.set()
+        self._agent.ring(event.call_id)
+        self._publish(call)
+
+    def _set_remote(self, call: _Call, remote: RemoteMedia) -> None:
+        lost_zrtp = call.remote is not None and call.remote.zrtp_hash is not None and remote.zrtp_hash is None
+        call.remote = remote
+        call.media.set_remote(remote.address, remote.rtp_port, remote.payload_types, remote.zrtp_hash)
+        if lost_zrtp:
+            log.warning("call %s: the peer's new SDP has no ZRTP", call.view.call_id)
+
+    def _progress(self, event: CallProgress) -> None:
+        call = self._calls.get(event.call_id)
+        if call is None:
+            return
+        phase = {"ringing": "ringing", "early": "ringing", "connected": "connected"}.get(event.state)
+        if phase is None or phase == call.view.phase or (call.view.incoming and phase == "ringing"):
+            return  # our own 180 on an incoming call is not news: it keeps ringing here
+        self._update(call, phase=phase)
+        if phase == "connected":
+            call.media.start()
+
+    def _ended(self, event: CallEnded) -> None:
+        call = self._calls.pop(event.call_id, None)
+        if call is None:
+            return
+        if self._audio.media == call.media.exchange:
+            self._audio.media = None
+        call.media.close()
+        self._save_zid_cache()
+        reason = call.view.reason or (f"{event.code} {event.reason}" if event.code >= 300 else "")
+        self._update(call, phase="ended", reason=reason)
+
+    def _update(self, call: _Call, **changes) -> None:
+        call.view = replace(call.view, **changes)
+        self._publish(call)
+
+    def _publish(self, call: _Call) -> None:
+        self._post(fx.CallChanged(call.view))
+
+
+def route_address(host: str) -> str:
+    """Our address on the interface that reaches ``host`` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def _bare_uri(uri: str) -> str:
+    """sip:user@host, without display name, angle brackets or parameters (the ZID cache's key)."""
+    _, address = split_name_addr(uri)
+    return address.split(";", 1)[0]
+
+
+def _peer_name(uri: str) -> str:
+    return _bare_uri(uri).removeprefix("sip:").removeprefix("sips:")

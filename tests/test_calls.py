@@ -11,6 +11,7 @@ either tone.
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path

@@ -165,8 +165,14 @@ class KeysUnit(Unit):
             self._source.close()
 
 
+SECURE_LED = {"verified": "on", "secure": "blink", "key_changed": "blink"}
+"""The secure LED in a connected call: steady when the SAS was compared, blinking until then (or
+when the key changed); dark when the call is not encrypted. It never lights outside a call."""
+
+
 class IndicatorsUnit(Unit):
-    """LEDs and ringer mirror the state: the in-call LED lights while the handset is lifted."""
+    """LEDs and ringer mirror the state: in call (handset lifted or a call up), secure (SECURE_LED),
+    the ringer for an incoming call."""
 
     name = section = "indicators"
 
@@ -178,7 +184,11 @@ class IndicatorsUnit(Unit):
         self.indicators = Indicators(self._gpio.pinmap, self._gpio.factory)
 
     def show(self, state: PhoneState) -> None:
-        self.indicators.set("in_call", "on" if state.off_hook else "off")
+        call = state.call
+        connected = call is not None and call.phase == "connected"
+        self.indicators.set("in_call", "on" if state.off_hook or connected else "off")
+        self.indicators.set("secure", SECURE_LED.get(call.security, "off") if connected else "off")
+        self.indicators.ring(call is not None and call.phase == "incoming")
 
     def stop(self) -> None:
         if self.indicators is not None:

@@ -4,6 +4,7 @@ import asyncio
 import logging
 
 
+from firmware import effects as fx
 from firmware.config import load_config
 from firmware.scenario import ScenarioPhone, headless_config
 from firmware.state import PhoneState
@@ -117,6 +118,24 @@ def test_in_call_led_follows_the_hook():
             return lifted, indicators.state()["in_call"]
 
     assert run(scenario()) == ("on", "off")
+
+
+def test_leds_and_ringer_mirror_the_call():
+    def view(phase, security="pending"):
+        return fx.CallChanged(fx.CallView("c1", "bob", True, phase, security, "k7f2"))
+
+    async def scenario():
+        async with ScenarioPhone() as phone:
+            indicators = next(u for u in phone.supervisor.units if isinstance(u, IndicatorsUnit)).indicators
+            seen = []
+            for event in (view("incoming"), view("connected"), view("connected", "secure"),
+                          view("connected", "verified"), view("connected", "not_encrypted"), view("ended")):
+                await phone.post(event)
+                seen.append((indicators.state()["ringer"], indicators.state()["in_call"], indicators.state()["secure"]))
+            return seen
+
+    assert run(scenario()) == [("ring", "off", "off"), ("off", "on", "off"), ("off", "on", "blink"),
+                               ("off", "on", "on"), ("off", "on", "off"), ("off", "off", "off")]
 
 
 def test_unchanged_pixels_are_not_sent_again():

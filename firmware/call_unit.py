@@ -22,8 +22,10 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -36,6 +38,7 @@ from firmware.calls.zrtp import ZidCache
 from firmware.config import Config
 from firmware.profile import Account
 from firmware.state import PhoneState
+from firmware.store import StoreError
 from firmware.store_unit import StoreAccess
 from firmware.units import AudioRoute, Unit
 
@@ -70,6 +73,8 @@ class CallsUnit(Unit):
         self._calls: dict[str, _Call] = {}
         self._zid_cache: ZidCache | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._history_on = False
+        self._log_loaded = False
 
     def start(self, post: Callable[[object], None]) -> None:
         self._post = post
@@ -99,6 +104,13 @@ class CallsUnit(Unit):
     # Accounts follow the profile.
 
     def show(self, state: PhoneState) -> None:
+        self._history_on = state.settings.call_history and state.profile is not None
+        if state.profile is not None and not self._log_loaded:
+            self._log_loaded = True
+            if self._history_on:
+                self._load_call_log()
+        elif state.profile is None:
+            self._log_loaded = False
         wanted = {a.address: a for a in state.accounts if a.kind == "sip" and a.password} if state.profile else {}
         for address in [a for a in self._accounts if a not in wanted or wanted[a] != self._accounts[a]]:
             self._agent.remove_account(address)
@@ -125,7 +137,7 @@ class CallsUnit(Unit):
 
     def perform(self, request) -> None:
         handler = {fx.PlaceCall: self._place, fx.AnswerCall: self._answer, fx.EndCall: self._end,
-                   fx.VerifySas: self._verify}[type(request)]
+                   fx.VerifySas: self._verify, fx.SendDtmf: self._dtmf, fx.HoldCall: self._hold}[type(request)]
         self._spawn(handler(request))
 
     def _spawn(self, coroutine) -> None:
@@ -157,13 +169,18 @@ class CallsUnit(Unit):
         if call is None or call.view.phase != "incoming":
             return
         await call.ready.wait()
+        for other in self._calls.values():
+            if other is not call and other.view.phase == "connected" and not other.view.held:
+                await self._hold(fx.HoldCall(other.view.call_id, True))  # call waiting: the first one waits
         self._agent.answer(request.call_id, self._offer(call.media))
+        self._update(call, answered=True)
 
     async def _end(self, request: fx.EndCall) -> None:
         call = self._calls.get(request.call_id)
         if call is None:
             return
         if call.view.phase == "incoming":
+            self._update(call, reason="declined")
             self._agent.reject(request.call_id, BUSY_HERE, "Declined")
         else:
             self._agent.hangup(request.call_id)
@@ -177,6 +194,26 @@ class CallsUnit(Unit):
         reason = "" if request.verified else "SAS did not match!"
         self._update(call, security=security, reason=reason)
         self._save_zid_cache()
+
+    async def _dtmf(self, request: fx.SendDtmf) -> None:
+        call = self._calls.get(request.call_id)
+        if call is not None and not call.media.send_dtmf(request.digit):
+            log.info("call %s: the other phone takes no key presses (no telephone-event)", request.call_id)
+
+    async def _hold(self, request: fx.HoldCall) -> None:
+        call = self._calls.get(request.call_id)
+        if call is None or call.view.phase != "connected" or call.view.held == request.hold:
+            return
+        if request.hold:
+            self._agent.hold(request.call_id)
+        else:
+            for other in self._calls.values():  # only one call talks at a time
+                if other is not call and other.view.phase == "connected" and not other.view.held:
+                    await self._hold(fx.HoldCall(other.view.call_id, True))
+            self._agent.resume(request.call_id)
+            self._audio.media = call.media.exchange
+        call.media.set_held(request.hold)
+        self._update(call, held=request.hold)
 
     # Media.
 
@@ -275,7 +312,8 @@ class CallsUnit(Unit):
     def _set_remote(self, call: _Call, remote: RemoteMedia) -> None:
         lost_zrtp = call.remote is not None and call.remote.zrtp_hash is not None and remote.zrtp_hash is None
         call.remote = remote
-        call.media.set_remote(remote.address, remote.rtp_port, remote.payload_types, remote.zrtp_hash)
+        call.media.set_remote(remote.address, remote.rtp_port, remote.payload_types, remote.zrtp_hash,
+                              remote.telephone_event_pt)
         if lost_zrtp:
             log.warning("call %s: the peer's new SDP has no ZRTP", call.view.call_id)
 
@@ -286,7 +324,7 @@ class CallsUnit(Unit):
         phase = {"ringing": "ringing", "early": "ringing", "connected": "connected"}.get(event.state)
         if phase is None or phase == call.view.phase or (call.view.incoming and phase == "ringing"):
             return  # our own 180 on an incoming call is not news: it keeps ringing here
-        self._update(call, phase=phase)
+        self._update(call, phase=phase, answered=call.view.answered or phase == "connected")
         if phase == "connected":
             call.media.start()
 
@@ -298,8 +336,29 @@ class CallsUnit(Unit):
             self._audio.media = None
         call.media.close()
         self._save_zid_cache()
-        reason = call.view.reason or (f"{event.code} {event.reason}" if event.code >= 300 else "")
+        missed = call.view.incoming and not call.view.answered and not call.view.reason
+        reason = "missed" if missed else call.view.reason or (f"{event.code} {event.reason}" if event.code >= 300 else "")
         self._update(call, phase="ended", reason=reason)
+        self._log_call(call.view)
+
+    # The call log: only with call history on, only in the store.
+
+    def _log_call(self, view: fx.CallView) -> None:
+        entry = fx.CallRecord(time.time(), view.peer, view.incoming, outcome(view), view.security)
+        if self._history_on and self._store.store is not None:
+            self._store.store.put_history(f"call:{entry.when:.6f}", json.dumps(entry.to_dict()).encode())
+            self._post(fx.CallLogged((entry,)))
+
+    def _load_call_log(self) -> None:
+        store = self._store.store
+        entries = []
+        for name in store.history_names() if store is not None else ():
+            if name.startswith("call:"):
+                try:
+                    entries.append(fx.CallRecord.from_dict(json.loads(store.get_history(name))))
+                except (ValueError, KeyError, TypeError, StoreError) as e:
+                    log.error("call log: an entry cannot be read (%s)", type(e).__name__)
+        self._post(fx.CallLogged(tuple(sorted(entries, key=lambda e: e.when))))
 
     def _update(self, call: _Call, **changes) -> None:
         call.view = replace(call.view, **changes)
@@ -307,6 +366,13 @@ class CallsUnit(Unit):
 
     def _publish(self, call: _Call) -> None:
         self._post(fx.CallChanged(call.view))
+
+
+def outcome(view: fx.CallView) -> str:
+    """How a call ended, for the log: answered, missed, declined or failed (busy, refused, no ZRTP...)."""
+    if view.reason in ("missed", "declined"):
+        return view.reason
+    return "answered" if view.answered and view.security != "failed" else "failed"
 
 
 def route_address(host: str) -> str:

@@ -155,7 +155,21 @@ class VerifySas:
     verified: bool
 
 
-CALL_EFFECTS = (PlaceCall, AnswerCall, EndCall, VerifySas)
+@dataclass(frozen=True)
+class SendDtmf:
+    """A key pressed during a connected call, for the far end (RFC 4733)."""
+
+    call_id: str
+    digit: str
+
+
+@dataclass(frozen=True)
+class HoldCall:
+    call_id: str
+    hold: bool
+
+
+CALL_EFFECTS = (PlaceCall, AnswerCall, EndCall, VerifySas, SendDtmf, HoldCall)
 
 # Answers from the calls unit.
 
@@ -179,6 +193,9 @@ class CallView:
     security: CallSecurity = "pending"
     sas: str = ""
     reason: str = ""
+    held: bool = False
+    answered: bool = False
+    """The call was connected (an incoming call that ends unanswered and not declined is missed)."""
 
 
 @dataclass(frozen=True)
@@ -192,3 +209,31 @@ class AccountStatus:
 
     address: str
     status: str
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One line of the call log (kept only with call history on, only in the encrypted store)."""
+
+    when: float
+    peer: str
+    incoming: bool
+    outcome: str
+    """answered, missed, declined or failed."""
+    security: str
+
+    def to_dict(self) -> dict:
+        return {"when": self.when, "peer": self.peer, "incoming": self.incoming, "outcome": self.outcome,
+                "security": self.security}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CallRecord":
+        return cls(float(data["when"]), str(data["peer"]), bool(data["incoming"]), str(data["outcome"]),
+                   str(data["security"]))
+
+
+@dataclass(frozen=True)
+class CallLogged:
+    """Entries for the call log: all of them at unlock, then one per ended call."""
+
+    entries: tuple[CallRecord, ...]

@@ -34,6 +34,7 @@ SCREEN_OFF_CHOICES = (15, 30, 60, 120, 300, 0)
 LOCK_AFTER_CHOICES = (30, 60, 120, 300, 600, 0)
 TEXT_MAX = 200
 DIAL_MAX_DIGITS = 32
+CALL_LOG_SHOWN = 50
 CALL_ENDED_SHOWN_S = 3.0
 """How long "Call ended" stays on the screen (a key dismisses it sooner)."""
 
@@ -166,6 +167,10 @@ class PhoneState:
     calls: tuple[fx.CallView, ...] = ()
     ended_shown_until: float = 0.0
     account_status: tuple[tuple[str, str], ...] = ()
+    missed_calls: tuple[str, ...] = ()
+    """Who called unanswered since the Calls section was last opened (memory only)."""
+    call_log: tuple[fx.CallRecord, ...] = ()
+    """Only with call history on (loaded from and kept in the encrypted store), oldest first."""
     off_hook: bool = False
     screen_on: bool = True
     idle_since: float = 0.0
@@ -403,11 +408,14 @@ def _call_key(state: PhoneState, key: str) -> PhoneState:
         return _request(state, fx.AnswerCall(call.call_id))
     if key == "back":
         return _request(state, fx.EndCall(call.call_id))
-    if call.phase == "connected" and call.security in ("secure", "verified", "key_changed"):
-        if key == "ok":
-            return _request(state, fx.VerifySas(call.call_id, True))
-        if key == "#":
-            return _request(state, fx.VerifySas(call.call_id, False))
+    if call.phase != "connected":
+        return state
+    if key in DIGITS or key in ("*", "#"):
+        return _request(state, fx.SendDtmf(call.call_id, key))
+    if key == "up":
+        return _request(state, fx.HoldCall(call.call_id, not call.held))
+    if call.security in ("secure", "verified", "key_changed") and key in ("ok", "down"):
+        return _request(state, fx.VerifySas(call.call_id, key == "ok"))
     return state
 
 
@@ -415,11 +423,16 @@ def _call_changed(state: PhoneState, event: fx.CallChanged) -> PhoneState:
     call = event.call
     others = tuple(c for c in state.calls if c.call_id != call.call_id)
     if call.phase == "ended":
+        missed = state.missed_calls + ((call.peer,) if call.reason == "missed" else ())
         return replace(state, calls=others + (call,), ended_shown_until=state.now + CALL_ENDED_SHOWN_S,
-                       screen_on=True, idle_since=state.now)
+                       screen_on=True, idle_since=state.now, missed_calls=missed)
     known = any(c.call_id == call.call_id for c in state.calls)
     calls = tuple(call if c.call_id == call.call_id else c for c in state.calls) if known else state.calls + (call,)
     return replace(state, calls=calls, screen_on=True, idle_since=state.now)
+
+
+def _call_logged(state: PhoneState, event: fx.CallLogged) -> PhoneState:
+    return replace(state, call_log=(state.call_log + event.entries)[-CALL_LOG_SHOWN:])
 
 
 def _account_status(state: PhoneState, event: fx.AccountStatus) -> PhoneState:
@@ -434,15 +447,19 @@ def _menu_key(state: PhoneState, key: str) -> PhoneState:
     if key in MOVE_DOWN:
         return replace(state, menu_index=(state.menu_index + 1) % len(MENU))
     if key in DIGITS and 1 <= int(key) <= len(MENU):
-        return replace(state, screen="section", menu_index=int(key) - 1, section_index=0)
+        return _open_section(replace(state, menu_index=int(key) - 1))
     if key == "ok":
-        return replace(state, screen="section", section_index=0)
+        return _open_section(state)
     if key == "back":
         return replace(state, screen="home")
     return state
 
 
 # Sections
+
+
+def _open_section(state: PhoneState) -> PhoneState:
+    return replace(state, screen="section", section_index=0)
 
 
 def section_items(state: PhoneState) -> tuple[Item, ...]:
@@ -453,7 +470,11 @@ def section_items(state: PhoneState) -> tuple[Item, ...]:
         return (*(Item(c.name, ("edit_contact", i)) for i, c in enumerate(profile.contacts)),
                 Item("+ Add contact", ("new_contact",)))
     if section == "Calls":
-        return (Item("No calls."), Item(f"Call history: {_on_off(profile.settings.call_history)}"))
+        missed = tuple(Item(f"Missed: {peer}") for peer in reversed(state.missed_calls))
+        logged = tuple(Item(_log_line(entry)) for entry in reversed(state.call_log))
+        empty = () if missed or logged else (Item("No calls."),)
+        return (*missed, *logged, *empty, Item(f"Call history: {_on_off(profile.settings.call_history)}",
+                                               ("toggle", "call_history")))
     if section == "Messages":
         return (Item("No messages."), Item(f"Msg history: {_on_off(profile.settings.message_history)}"))
     if section == "Accounts":
@@ -462,6 +483,12 @@ def section_items(state: PhoneState) -> tuple[Item, ...]:
     if section == "Settings":
         return _settings_items(state.settings, state.notices)
     return _security_items(state)
+
+
+def _log_line(entry: fx.CallRecord) -> str:
+    arrow = "<" if entry.incoming else ">"
+    when = time.strftime("%d %b %H:%M", time.localtime(entry.when))
+    return f"{arrow}{entry.peer.partition('@')[0][:8]} {when} {entry.outcome[:4]}"
 
 
 def _account_line(state: PhoneState, account: Account) -> str:
@@ -507,7 +534,8 @@ def _security_items(state: PhoneState) -> tuple[Item, ...]:
 def _section_key(state: PhoneState, key: str) -> PhoneState:
     items = section_items(state)
     if key == "back":
-        return replace(state, screen="menu")
+        seen = () if state.section == "Calls" else state.missed_calls  # leaving Calls: missed calls were seen
+        return replace(state, screen="menu", missed_calls=seen)
     if key in MOVE_UP:
         return replace(state, section_index=max(0, state.section_index - 1))
     if key in MOVE_DOWN:
@@ -541,7 +569,7 @@ def _section_action(state: PhoneState, action: tuple) -> PhoneState:
     if verb == "edit_setting":
         return _open_editor(state, ("setting", args[0]), "Name", getattr(state.settings, args[0]), secret=False)
     if verb == "erase_history":
-        return _request(replace(state, toast="Erasing..."), fx.EraseHistory())
+        return _request(replace(state, toast="Erasing...", call_log=()), fx.EraseHistory())
     if verb == "flow":
         return replace(state, screen="pin", pin=PinEntry(args[0]))
     if verb == "lock":
@@ -773,4 +801,5 @@ _RESULT_HANDLERS = {
     fx.Unavailable: _unavailable,
     fx.CallChanged: _call_changed,
     fx.AccountStatus: _account_status,
+    fx.CallLogged: _call_logged,
 }

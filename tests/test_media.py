@@ -188,3 +188,33 @@ def test_packets_from_elsewhere_are_ignored():
 
     stats = asyncio.run(scenario())
     assert stats.dropped_foreign == 3
+
+
+def test_a_key_press_goes_out_as_encrypted_telephone_events_in_place_of_audio():
+    async def scenario():
+        a, b = Phone("alice", ZidCache()), Phone("bob", ZidCache())
+        await a.open()
+        await b.open()
+        a.media.set_remote("127.0.0.1", b.media.rtp_port, (G722,), b.media.zrtp_hash, telephone_event_pt=101)
+        b.media.set_remote("127.0.0.1", a.media.rtp_port, (G722,), a.media.zrtp_hash)
+        a.media.start()
+        b.media.start()
+        received = []
+        original_put = None
+        try:
+            await wait_until(lambda: a.secure() and b.secure())
+            original_put = b.media._jitter.put
+            b.media._jitter.put = lambda packet, arrival: (received.append(packet), original_put(packet, arrival))
+            assert a.media.send_dtmf("5") and not b.media.send_dtmf("5"), "bob's peer offered no telephone-event"
+            await talk(a, b, 15)
+            return received
+        finally:
+            a.media.close()
+            b.media.close()
+
+    received = asyncio.run(scenario())
+    events = [p for p in received if p.payload_type == 101]
+    assert events and events[0].marker and events[0].payload[0] == 5, "digit 5 is event 5 (RFC 4733)"
+    assert events[-1].payload[1] & 0x80, "the last packets carry the end bit"
+    assert len({p.timestamp for p in events}) == 1, "every packet of one key press has its start timestamp"
+    assert any(p.payload_type == G722 for p in received[received.index(events[-1]):]), "audio resumes after"

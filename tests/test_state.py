@@ -304,10 +304,12 @@ def test_an_incoming_call_is_answered_by_lifting_even_on_the_lock_screen():
     assert requests == (fx.EndCall("c1"),), "back rejects"
 
 
-def test_in_a_secure_call_ok_verifies_and_hash_reports_a_mismatch_and_hanging_up_ends():
+def test_in_a_secure_call_ok_verifies_down_reports_a_mismatch_digits_are_dtmf_up_holds():
     state = step(unlocked(), fx.CallChanged(call_view("connected", "secure", "k7f2")))
     assert take(press(state, "ok"))[1] == (fx.VerifySas("c1", True),)
-    assert take(press(state, "#"))[1] == (fx.VerifySas("c1", False),)
+    assert take(press(state, "down"))[1] == (fx.VerifySas("c1", False),)
+    assert take(press(state, "5"))[1] == (fx.SendDtmf("c1", "5"),)
+    assert take(press(state, "up"))[1] == (fx.HoldCall("c1", True),)
     assert take(step(replace(state, off_hook=True), KeyEvent("hook", False)))[1] == (fx.EndCall("c1"),)
 
 
@@ -322,3 +324,23 @@ def test_an_ended_call_shows_briefly_then_goes():
     assert ended.call.phase == "ended"
     assert step(ended, Tick(NOW + 10)).call is None
     assert press(ended, "5").call is None and press(ended, "5").screen == "home"
+
+
+def test_a_missed_call_shows_at_home_and_in_calls_until_seen():
+    state = step(unlocked(), fx.CallChanged(call_view("incoming", incoming=True)))
+    state = step(state, fx.CallChanged(replace(call_view("ended", incoming=True), reason="missed")))
+    state = press(state, "5")  # dismisses "Call ended"
+    assert state.missed_calls == ("bob",) and state.screen == "home"
+    calls = press(state, "ok", "down", "ok")  # "2" moves up in the menu, like the arrow above it
+    assert [i.label for i in section_items(calls)][0] == "Missed: bob"
+    assert press(calls, "back").missed_calls == ()
+
+
+def test_the_call_log_lists_entries_newest_first_and_erasing_history_clears_it():
+    entries = (fx.CallRecord(NOW - 60, "bob@lab", False, "answered", "verified"),
+               fx.CallRecord(NOW, "ann@lab", True, "missed", "pending"))
+    state = step(unlocked(), fx.CallLogged(entries))
+    labels = [i.label for i in section_items(press(state, "ok", "down", "ok"))]
+    assert labels[0].startswith("<ann") and labels[1].startswith(">bob") and "answ" in labels[1]
+    erased = press(state, "ok", str(MENU.index("Settings") + 1), *["down"] * 6, "ok")
+    assert erased.call_log == () and erased.effects == (fx.EraseHistory(),)

@@ -21,6 +21,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -122,6 +123,10 @@ class MediaSession:
         self._srtp: SrtpSession | None = None
         self._remote: tuple[str, int] | None = None
         self._zrtp_hash: str | None = None
+        self._telephone_event_pt: int | None = None
+        self._dtmf_digits: collections.deque[str] = collections.deque()
+        self._dtmf_packets: list[bytes] = []
+        self.held = False
         self._started = False
         self._start_requested = False
         self._codec = None
@@ -152,9 +157,11 @@ class MediaSession:
     def rtcp_port(self) -> int:
         return self.rtp_port + 1
 
-    def set_remote(self, address: str, rtp_port: int, payload_types: tuple[int, ...], zrtp_hash: str | None) -> None:
+    def set_remote(self, address: str, rtp_port: int, payload_types: tuple[int, ...], zrtp_hash: str | None,
+                   telephone_event_pt: int | None = None) -> None:
         """The peer's media (from its SDP); called again for every later SDP (re-INVITE, hold)."""
         self._remote = (address, rtp_port)
+        self._telephone_event_pt = telephone_event_pt
         if self._codec is None:
             self._choose_codec(payload_types)
         if self._started and zrtp_hash is None and self._zrtp_hash is not None:
@@ -210,6 +217,18 @@ class MediaSession:
     def _fail(self, reason: str) -> None:
         self._audio_on = False
         self.on_event(MediaFailed(reason))
+
+    def send_dtmf(self, digit: str) -> bool:
+        """Queue one key press for the peer (RFC 4733 events, in place of audio for about 100 ms);
+        False when the peer's SDP offered no telephone events."""
+        if self._telephone_event_pt is None:
+            return False
+        self._dtmf_digits.append(digit)
+        return True
+
+    def set_held(self, held: bool) -> None:
+        """On hold neither side's audio flows (the peer is told through SIP)."""
+        self.held = held
 
     def set_sas_verified(self, verified: bool) -> None:
         if self._zrtp is not None:
@@ -278,14 +297,19 @@ class MediaSession:
 
     def exchange(self, captured: bytes) -> bytes | None:
         """Send ``captured`` (20 ms at the device rate) and return the next 20 ms to play (None: silence)."""
-        if not self._audio_on or self.closed:
+        if not self._audio_on or self.closed or self.held:
             return None
         self._send_audio(captured)
         return self._next_played()
 
     def _send_audio(self, captured: bytes) -> None:
         pcm = self._to_codec.resample(captured) if self._to_codec else captured
-        packet = self._sender.next(self._codec.encode(pcm))
+        if not self._dtmf_packets and self._dtmf_digits:
+            self._dtmf_packets = self._sender.dtmf(self._dtmf_digits.popleft(), self._telephone_event_pt)
+        if self._dtmf_packets:
+            packet = self._dtmf_packets.pop(0)  # a key press replaces the audio of its frames
+        else:
+            packet = self._sender.next(self._codec.encode(pcm))
         srtp = self._srtp
         if srtp is not None:
             packet = srtp.protect_rtp(packet)

@@ -168,13 +168,18 @@ def _working(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
 def _home(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
     _header(draw, state, state.accounts[0].address if state.accounts else "No account")
     _centered(draw, 14, state.clock, size=24, bold=True)
-    _centered(draw, 38, state.date)
+    _centered(draw, 38, missed_line(state) or state.date)
     label = "Menu"
     width = CHAR_WIDTH * len(label) + 3
     draw.rectangle((0, SOFT_KEYS_Y, width, HEIGHT - 1), fill=1)
     draw.text((2, SOFT_KEYS_Y), label, font=terminus(12), fill=0)
     if state.toast:
         _toast(draw, state.toast)
+
+
+def missed_line(state: PhoneState) -> str:
+    count = len(state.missed_calls)
+    return f"{count} missed call{'s' if count > 1 else ''}" if count else ""
 
 
 def _menu(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
@@ -220,7 +225,8 @@ def screen_text(state: PhoneState) -> tuple[str, ...]:
     if screen == "working":
         return (state.busy,)
     if screen == "home":
-        return (state.accounts[0].address if state.accounts else "No account", state.clock, state.date, state.toast)
+        return (state.accounts[0].address if state.accounts else "No account", state.clock,
+                missed_line(state) or state.date, state.toast)
     if screen == "menu":
         return MENU
     if screen == "section":
@@ -249,7 +255,12 @@ def call_lines(state: PhoneState) -> tuple[str, str, str, str]:
     if call.phase != "connected":
         keys = ("OK:answer", "Back:reject") if call.phase == "incoming" else ("", "Back:end" if call.phase != "ended" else "")
         return call.peer, PHASE_LINES[call.phase], call.reason, " ".join(k for k in keys if k)
-    keys = "OK:ok #:wrong" if call.security in ("secure", "key_changed") else "Back:end"
+    if call.held:
+        keys = "ON HOLD  Up:resume"
+    elif call.security in ("secure", "key_changed"):
+        keys = "OK:same Dn:differs"
+    else:
+        keys = "Up:hold Back:end"
     return call.peer, SECURITY_LINES[call.security], call.sas, keys
 
 

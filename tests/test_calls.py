@@ -20,7 +20,7 @@ import pytest
 
 from firmware.calls.codecs import open_codec
 from firmware.calls.rtp import classify, parse
-from helpers.phones import (CALL_SECONDS, TONES, ScriptedPhone, account_steps, best_tone_share,
+from helpers.phones import (CALL_SECONDS, PIN, TONES, ScriptedPhone, account_steps, best_tone_share,
                             contact_steps, sas_of)
 
 @pytest.fixture
@@ -80,8 +80,14 @@ expect "Call ended" 10
     alice = None
     try:
         bob.read_until("screen: ")  # registered, with alice as a contact, waiting at home
-        alice = ScriptedPhone("alice", tmp_path, account_steps(alice_address, sip_lab.users["alice"])
-                      + contact_steps("Bob", bob_address) + f"""
+        alice = ScriptedPhone("alice", tmp_path, account_steps(alice_address, sip_lab.users["alice"]) + """
+press ok 5
+wait section
+press down down down down ok
+expect "Call history: on"
+press back back
+wait home
+""" + contact_steps("Bob", bob_address) + f"""
 lift
 expect SECURE 30
 print
@@ -110,6 +116,23 @@ expect "Call ended" 30
     alice_heard, bob_heard = alice.playback.read_bytes(), bob.playback.read_bytes()
     assert best_tone_share(bob_heard, TONES["alice"]) > 0.5, "alice's tone never reached bob's earpiece"
     assert best_tone_share(alice_heard, TONES["bob"]) > 0.5, "bob's tone never reached alice's earpiece"
+
+    # Alice keeps a call log (history on): after a restart it is read back from her encrypted store.
+    again = ScriptedPhone("alice", tmp_path, f"""
+wait pin
+press {' '.join(PIN)} ok
+wait home 30
+press ok down ok
+wait section
+expect ">bob"
+expect "<bob"
+print
+""", directory="alice-again", work=alice.dir / "work")
+    try:
+        again.finish()
+    finally:
+        again.stop()
+    assert any("answ" in line for line in again.lines), again.lines
 
     payloads = udp_payloads(tcpdump)
     media = [p for p in payloads if classify(p) == "rtp"]

@@ -81,9 +81,11 @@ expect Saved
 
 
 class ScriptedPhone:
-    def __init__(self, name: str, tmp_path: Path, script: str, tone: float | None = None):
+    def __init__(self, name: str, tmp_path: Path, script: str, tone: float | None = None, *,
+                 directory: str | None = None, work: Path | None = None):
+        """``work`` reuses another run's work directory (its store and TPM): the same phone, restarted."""
         self.name = name
-        self.dir = tmp_path / name
+        self.dir = tmp_path / (directory or name)
         self.dir.mkdir()
         self.playback = self.dir / "earpiece.raw"
         self.log = self.dir / "byline.log"
@@ -91,7 +93,7 @@ class ScriptedPhone:
         capture = tone_file(self.dir / "microphone.raw", tone or TONES[name])
         self.process = subprocess.Popen(
             [sys.executable, "-m", "firmware.scenario", str(self.dir / "script.txt"), str(self.dir / "out"),
-             "--work-dir", str(self.dir / "work"), "--log", str(self.log),
+             "--work-dir", str(work or self.dir / "work"), "--log", str(self.log),
              "--capture", str(capture), "--playback", str(self.playback)],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)

@@ -237,3 +237,15 @@ class CallLogged:
     """Entries for the call log: all of them at unlock, then one per ended call."""
 
     entries: tuple[CallRecord, ...]
+
+
+@dataclass(frozen=True)
+class LabOffer:
+    """The simulator's local lab: an account and contacts for it (alice, bob, echo), replacing
+    any from an earlier lab (same ``host``, a lab user name) since each lab has new ports and
+    passwords. Merged into the profile once it is unlocked."""
+
+    host: str
+    users: frozenset[str]
+    accounts: tuple = field(repr=False)
+    contacts: tuple = ()

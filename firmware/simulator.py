@@ -24,11 +24,16 @@ from drivers.display.terminal import open_terminal, text_size
 from drivers.keys import register_backend
 from drivers.keys.keyboard import KEYMAP_HELP, open_keyboard
 from firmware.config import Config, load_config
+from firmware.effects import LabOffer
+from firmware.profile import Account, Contact
 from firmware.state import PhoneState
 from firmware.supervisor import Supervisor
 from firmware.units import DisplayUnit, IndicatorsUnit, Unit
 
 log = logging.getLogger("byline.simulator")
+
+LAB_SELF = "alice"
+"""Who the person at the simulator is in the lab."""
 
 PANEL_WIDTH = 80
 
@@ -91,10 +96,20 @@ async def _start_lab(run_dir: Path, panel: PanelUnit, supervisor: Supervisor) ->
         log.error("lab did not start: %s", e)
         panel.lab_line = f"lab: failed ({e}); see the log"
     else:
-        panel.lab_line = (f"lab: XMPP {lab.xmpp.domain} at {lab.xmpp.host}:{lab.xmpp.port}, "
-                          f"SIP at {lab.sip.host}:{lab.sip.port}, users {' '.join(lab.users)}")
+        supervisor.post(lab_offer(lab))
+        panel.lab_line = (f"lab: you are alice (SIP {lab.sip.host}:{lab.sip.port}, XMPP {lab.xmpp.domain}); "
+                          "Contacts has Bob and Echo (lab): lift the handset on one to call")
     panel.show(supervisor.state)
     return lab
+
+
+def lab_offer(lab) -> LabOffer:
+    """The lab's SIP account for alice and its other users as contacts, for the phone's profile."""
+    sip = lab.sip
+    address = f"{{}}@{sip.host}:{sip.port}".format
+    contacts = tuple(Contact(f"{user.capitalize()} (lab)", address(user)) for user in lab.users if user != LAB_SELF)
+    return LabOffer(sip.host, frozenset(lab.users), (Account("sip", address(LAB_SELF), lab.users[LAB_SELF]),),
+                    contacts)
 
 
 async def run(config: Config, run_dir: Path) -> None:

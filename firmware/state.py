@@ -169,6 +169,7 @@ class PhoneState:
     account_status: tuple[tuple[str, str], ...] = ()
     missed_calls: tuple[str, ...] = ()
     """Who called unanswered since the Calls section was last opened (memory only)."""
+    lab_offer: fx.LabOffer | None = None
     call_log: tuple[fx.CallRecord, ...] = ()
     """Only with call history on (loaded from and kept in the encrypted store), oldest first."""
     off_hook: bool = False
@@ -429,6 +430,29 @@ def _call_changed(state: PhoneState, event: fx.CallChanged) -> PhoneState:
     known = any(c.call_id == call.call_id for c in state.calls)
     calls = tuple(call if c.call_id == call.call_id else c for c in state.calls) if known else state.calls + (call,)
     return replace(state, calls=calls, screen_on=True, idle_since=state.now)
+
+
+def _lab_offered(state: PhoneState, event: fx.LabOffer) -> PhoneState:
+    return _merge_lab(replace(state, lab_offer=event))
+
+
+def _merge_lab(state: PhoneState) -> PhoneState:
+    """Put the lab's account and contacts into an unlocked profile, replacing an earlier lab's."""
+    offer, profile = state.lab_offer, state.profile
+    if offer is None or profile is None:
+        return state
+
+    def from_a_lab(address: str) -> bool:
+        user, _, host_port = address.partition("@")
+        return user in offer.users and host_port.rsplit(":", 1)[0] == offer.host
+
+    accounts = tuple(a for a in profile.accounts if not from_a_lab(a.address)) + offer.accounts
+    contacts = tuple(c for c in profile.contacts if not from_a_lab(c.address)) + offer.contacts
+    state = replace(state, lab_offer=None)
+    if (accounts, contacts) == (profile.accounts, profile.contacts):
+        return state
+    state = _save_part(state, ACCOUNTS_RECORD, accounts)
+    return _save_part(state, CONTACTS_RECORD, contacts)
 
 
 def _call_logged(state: PhoneState, event: fx.CallLogged) -> PhoneState:
@@ -739,7 +763,7 @@ def _unlocked(state: PhoneState, event: fx.Unlocked) -> PhoneState:
     state = replace(state, profile=profile, settings=profile.settings, locked=False, busy="", retry_at=0.0,
                     store=store, duress_set=event.duress_set, pin=PinEntry("unlock"),
                     notices=state.notices + event.problems, password_queue=waiting, idle_since=state.now)
-    return _next_password_prompt(state)
+    return _next_password_prompt(_merge_lab(state))
 
 
 def _secret_accepted(state: PhoneState, event: fx.SecretAccepted) -> PhoneState:
@@ -802,4 +826,5 @@ _RESULT_HANDLERS = {
     fx.CallChanged: _call_changed,
     fx.AccountStatus: _account_status,
     fx.CallLogged: _call_logged,
+    fx.LabOffer: _lab_offered,
 }

@@ -344,3 +344,17 @@ def test_the_call_log_lists_entries_newest_first_and_erasing_history_clears_it()
     assert labels[0].startswith("<ann") and labels[1].startswith(">bob") and "answ" in labels[1]
     erased = press(state, "ok", str(MENU.index("Settings") + 1), *["down"] * 6, "ok")
     assert erased.call_log == () and erased.effects == (fx.EraseHistory(),)
+
+
+def test_the_labs_account_and_contacts_join_the_profile_and_replace_an_earlier_labs():
+    own = Account("sip", "carol@127.0.0.1:5060", "pw")
+    old = Profile(accounts=(Account("sip", "alice@127.0.0.1:5000", "old"), own),
+                  contacts=(Contact("Echo (lab)", "echo@127.0.0.1:5000"), Contact("Ann", "ann@x")))
+    offer = fx.LabOffer("127.0.0.1", frozenset({"alice", "bob", "echo"}),
+                        (Account("sip", "alice@127.0.0.1:6000", "new"),), (Contact("Echo (lab)", "echo@127.0.0.1:6000"),))
+    early = step(booted(), offer)
+    assert early.lab_offer == offer and not early.effects, "merged only once unlocked"
+    state, requests = take(step(take(press(early, *PIN, "ok"))[0], fx.Unlocked(old)))
+    assert [a.address for a in state.profile.accounts] == [own.address, "alice@127.0.0.1:6000"]
+    assert [c.name for c in state.profile.contacts] == ["Ann", "Echo (lab)"]
+    assert {r.part for r in requests} == {"accounts", "contacts"} and state.lab_offer is None

@@ -124,9 +124,12 @@ class CallsUnit(Unit):
 
     def _add_account(self, account: Account) -> None:
         host = account.address.partition("@")[2]
+        tls = account.transport == "tls"
         try:
-            self._agent.add_account(SipAccountConfig(account.address, account.address, account.password,
-                                                     registrar=f"sip:{host}"))
+            self._agent.add_account(SipAccountConfig(
+                account.address, account.address, account.password, registrar=f"sip:{host}",
+                transport=account.transport, tls_pin=account.tls_pin or None,
+                ca_path=self._config["calls.ca_file"] if tls and not account.tls_pin else None))
         except SipError as e:
             self._post(fx.AccountStatus(account.address, f"failed: {e}"))
             return

@@ -115,6 +115,8 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("calls.sip_port", 5060, "SIP port for UDP and TCP (0 = any free port)", integer(0, 65535)),
     Setting("calls.media_address", "",
             "our address in SDP and for RTP (empty: the address of the interface that reaches the registrar)", text),
+    Setting("calls.ca_file", "/etc/ssl/certs/ca-certificates.crt",
+            "CAs that verify a TLS SIP server (accounts with a TLS pin check the pin instead)", text),
     Setting("lab.enabled", False, "start the built-in lab (local Prosody and Kamailio) with the phone", flag),
 )
 

@@ -10,6 +10,7 @@ appear in a repr, and an account whose password is not remembered is stored with
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ ACCOUNT_KINDS: tuple[AccountKind, ...] = ("sip", "xmpp")
 MAX_TEXT = 200
 """Longest address, name or password accepted from the keypad or a record."""
 
+SIP_TRANSPORTS = ("udp", "tcp", "tls")
 SETTINGS_RECORD = "settings"
 ACCOUNTS_RECORD = "accounts"
 CONTACTS_RECORD = "contacts"
@@ -48,6 +50,10 @@ class Account:
     remember_password: bool = True
     plain_calls: bool = False
     """Allow calls without ZRTP (shown NOT ENCRYPTED throughout); refused by default."""
+    transport: str = "udp"
+    """How a SIP account reaches its server: udp, tcp or tls (verified: ``tls_pin`` or the system CAs)."""
+    tls_pin: str = ""
+    """SHA-256 of the server's certificate (64 hex digits), for servers outside the public CAs."""
 
     @property
     def label(self) -> str:
@@ -99,12 +105,17 @@ def check_address(kind: str, address: str) -> str:
     return address
 
 
-def make_account(kind: str, address: str, password: str, remember_password: bool,
-                 plain_calls: bool = False) -> Account:
+def make_account(kind: str, address: str, password: str, *, remember_password: bool = True,
+                 plain_calls: bool = False, transport: str = "udp", tls_pin: str = "") -> Account:
     if kind not in ACCOUNT_KINDS:
         raise ProfileError(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}")
+    if transport not in SIP_TRANSPORTS:
+        raise ProfileError(f"transport must be one of {', '.join(SIP_TRANSPORTS)}")
+    pin = check_text("TLS pin", tls_pin, required=False).replace(":", "").lower()
+    if pin and not re.fullmatch(r"[0-9a-f]{64}", pin):
+        raise ProfileError("TLS pin must be a SHA-256 in hex (64 digits)")
     return Account(kind, check_address(kind, address), check_text("password", password, required=False),
-                   bool(remember_password), bool(plain_calls) and kind == "sip")
+                   bool(remember_password), bool(plain_calls) and kind == "sip", transport, pin)
 
 
 def make_contact(name: str, address: str) -> Contact:
@@ -117,8 +128,8 @@ def to_record(part: str, value: Any) -> bytes:
         data: Any = {f.name: getattr(value, f.name) for f in fields(Settings)}
     elif part == ACCOUNTS_RECORD:
         data = [{"kind": a.kind, "address": a.address, "remember_password": a.remember_password,
-                 "plain_calls": a.plain_calls, **({"password": a.password} if a.remember_password else {})}
-                for a in value]
+                 "plain_calls": a.plain_calls, "transport": a.transport, "tls_pin": a.tls_pin,
+                 **({"password": a.password} if a.remember_password else {})} for a in value]
     elif part == CONTACTS_RECORD:
         data = [{"name": c.name, "address": c.address} for c in value]
     else:
@@ -136,8 +147,11 @@ def from_record(part: str, raw: bytes, defaults: Settings) -> Any:
         if part == SETTINGS_RECORD:
             return _settings_from(data, defaults)
         if part == ACCOUNTS_RECORD:
-            return tuple(make_account(a["kind"], a["address"], a.get("password", ""), a["remember_password"],
-                                      a.get("plain_calls", False) is True) for a in _list(data))
+            return tuple(make_account(a["kind"], a["address"], a.get("password", ""),
+                                      remember_password=a["remember_password"] is True,
+                                      plain_calls=a.get("plain_calls", False) is True,
+                                      transport=a.get("transport", "udp"), tls_pin=a.get("tls_pin", ""))
+                         for a in _list(data))
         if part == CONTACTS_RECORD:
             return tuple(make_contact(c["name"], c["address"]) for c in _list(data))
     except (KeyError, TypeError, AttributeError):

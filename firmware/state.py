@@ -16,8 +16,8 @@ from typing import Literal
 
 from drivers.keys.events import KeyEvent
 from firmware import effects as fx
-from firmware.profile import (ACCOUNTS_RECORD, CONTACTS_RECORD, SETTINGS_RECORD, Account, Profile, ProfileError,
-                              Settings, check_text, make_account, make_contact)
+from firmware.profile import (ACCOUNTS_RECORD, CONTACTS_RECORD, SETTINGS_RECORD, SIP_TRANSPORTS, Account, Profile,
+                              ProfileError, Settings, check_text, make_account, make_contact)
 from firmware.text_entry import TextEntry
 
 Screen = Literal["boot", "pin", "working", "home", "menu", "section", "form", "edit", "dial"]
@@ -620,6 +620,8 @@ def _account_form(index: int | None, account: Account | None) -> Form:
         FormField("password", "Password", account.password if account else "", "secret"),
         FormField("remember", "Remember pw", account.remember_password if account else True, "toggle"),
         FormField("plain", "Plain calls", account.plain_calls if account else False, "toggle"),
+        FormField("transport", "Transport", account.transport if account else "udp", "choice", SIP_TRANSPORTS),
+        FormField("tls_pin", "TLS pin", account.tls_pin if account else ""),
     ), index)
 
 
@@ -677,7 +679,9 @@ def _form_action(state: PhoneState, action: str) -> PhoneState:
     else:
         try:
             entry = (make_account(form.value("kind"), form.value("address"), form.value("password"),
-                                  form.value("remember"), form.value("plain")) if form.kind == "account"
+                                  remember_password=form.value("remember"), plain_calls=form.value("plain"),
+                                  transport=form.value("transport"), tls_pin=form.value("tls_pin"))
+                     if form.kind == "account"
                      else make_contact(form.value("name"), form.value("address")))
         except ProfileError as e:
             return replace(state, form=replace(form, problem=str(e)))

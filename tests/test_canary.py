@@ -76,7 +76,7 @@ press down ok
 type "{secrets['address']}"
 press ok down ok
 type "{secrets['password']}"
-press ok down down down ok
+press ok down down down down down ok
 expect Saved
 press back 1
 wait section

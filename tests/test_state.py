@@ -178,7 +178,7 @@ def test_adding_an_account_types_its_fields_and_requests_a_save():
     state = press(state, "down", "ok", *keys_for("ann@example.org"), "ok")
     state = press(state, "down", "ok", *keys_for("Pa55 word!"), "ok")
     state = press(state, "down", "ok")  # remember password: yes -> no
-    state, requests = take(press(state, "down", "down", "ok"))  # plain calls stay refused; Save
+    state, requests = take(press(state, *["down"] * 4, "ok"))  # plain calls refused, udp, no pin; Save
     expected = Account("xmpp", "ann@example.org", "Pa55 word!", remember_password=False)
     assert state.screen == "section" and state.profile.accounts == (expected,)
     assert requests == (fx.SaveProfilePart(ACCOUNTS_RECORD, (expected,)),)
@@ -186,13 +186,24 @@ def test_adding_an_account_types_its_fields_and_requests_a_save():
 
 def test_a_bad_address_is_refused_on_the_form():
     state = press(accounts(unlocked()), "ok", "down", "ok", *keys_for("nohost"), "ok")
-    state = press(state, "down", "down", "down", "down", "ok")
+    state = press(state, *["down"] * 6, "ok")
     assert state.screen == "form" and "name@server" in state.form.problem and not state.effects
+
+
+def test_a_tls_account_with_a_bad_pin_is_refused_and_a_good_one_kept():
+    state = press(accounts(unlocked()), "ok", "down", "ok", *keys_for("ann@sip.example.org"), "ok")
+    state = press(state, *["down"] * 4, "ok", "ok")  # transport: udp -> tcp -> tls
+    state = press(state, "down", "ok", *keys_for("abc"), "ok", "down", "ok")
+    assert "64 digits" in state.form.problem
+    pin = "ab" * 32
+    state = press(state, "up", "ok", *["back"] * 3, *keys_for(pin), "ok", "down", "ok")
+    state, requests = take(state)
+    assert state.profile.accounts[0].transport == "tls" and state.profile.accounts[0].tls_pin == pin
 
 
 def test_deleting_an_account():
     state = accounts(unlocked(Profile(accounts=(Account("sip", "a@b", "pw"),))))
-    state = press(state, "ok", *["down"] * 6, "ok")
+    state = press(state, "ok", *["down"] * 8, "ok")
     assert state.profile.accounts == () and state.effects == (fx.SaveProfilePart(ACCOUNTS_RECORD, ()),)
 
 

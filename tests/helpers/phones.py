@@ -58,7 +58,7 @@ press down ok
 type "{address}"
 press ok down ok
 type "{password}"
-press ok down down down ok
+press ok down down down down down ok
 expect registered 15
 press back back
 wait home

@@ -218,3 +218,23 @@ def test_a_key_press_goes_out_as_encrypted_telephone_events_in_place_of_audio():
     assert events[-1].payload[1] & 0x80, "the last packets carry the end bit"
     assert len({p.timestamp for p in events}) == 1, "every packet of one key press has its start timestamp"
     assert any(p.payload_type == G722 for p in received[received.index(events[-1]):]), "audio resumes after"
+
+
+def test_a_new_offer_without_zrtp_in_a_secure_call_is_reported_at_once_and_silences_the_call():
+    async def scenario():
+        a, b = Phone("alice", ZidCache()), Phone("bob", ZidCache())
+        await connect(a, b)
+        try:
+            await wait_until(lambda: a.secure() and b.secure())
+            await talk(a, b, 5)
+            sent_before = len(a.sent)
+            a.media.set_remote("127.0.0.1", b.media.rtp_port, (G722,), None)  # a re-INVITE without a=zrtp-hash
+            await talk(a, b, 5)
+            return a, sent_before
+        finally:
+            a.media.close()
+            b.media.close()
+
+    a, sent_before = asyncio.run(scenario())
+    assert isinstance(a.events[-1], MediaNotEncrypted) and "no ZRTP" in a.events[-1].reason
+    assert len(a.sent) == sent_before, "nothing more is sent once encryption is gone (plain calls not allowed)"

@@ -159,3 +159,61 @@ print
     decoded = b"".join(decoder.decode(parse(p).payload[:-10] or b"\0\0") for p in media)
     for name, frequency in TONES.items():
         assert best_tone_share(decoded, frequency) < 0.2, f"{name}'s tone is readable in the captured media"
+
+
+def test_missed_declined_and_held_calls(tmp_path, sip_lab):
+    sip = sip_lab.sip
+    alice_address, bob_address = f"alice@{sip.host}:{sip.port}", f"bob@{sip.host}:{sip.port}"
+    bob = ScriptedPhone("bob", tmp_path, account_steps(bob_address, sip_lab.users["bob"]) + """
+print
+expect "Incoming call" 60
+expect "Call ended" 30
+press back
+expect "1 missed call"
+print
+expect "Incoming call" 30
+press back
+expect "Call ended" 10
+press back
+expect "Incoming call" 30
+lift
+expect SECURE 15
+expect "Call ended" 30
+""")
+    alice = None
+    try:
+        bob.read_until("screen: ")
+        alice = ScriptedPhone("alice", tmp_path, account_steps(alice_address, sip_lab.users["alice"])
+                              + contact_steps("Bob", bob_address) + """
+lift
+expect Ringing 15
+pause 1
+hangup
+expect "Call ended" 10
+press back
+pause 1
+lift
+expect "Call ended" 15
+print
+hangup
+press back
+pause 1
+lift
+expect SECURE 30
+press up
+expect "ON HOLD" 10
+press up
+expect "OK:same" 10
+press 5
+pause 1
+hangup
+expect "Call ended" 10
+""")
+        alice.finish()
+        bob.finish()
+    finally:
+        bob.stop()
+        if alice is not None:
+            alice.stop()
+    assert any("1 missed call" in line for line in bob.lines), bob.lines
+    assert any("486" in line for line in alice.lines), alice.lines

@@ -6,6 +6,13 @@
         lab.xmpp.jid("alice")               # "alice@byline.lab"
         lab.sip.registrar_uri               # "sip:127.0.0.1:PORT"
         lab.sip.uri("bob")                  # "sip:bob@127.0.0.1:PORT": register as it, call it
+        lab.echo_uri                        # "sip:echo@127.0.0.1:PORT": the demo contact, see below
+
+With SIP (and a user named ``echo``, as among the demo users) the lab also runs the demo contact
+"echo" (lab/echo_phone.py): a headless phone built from the firmware's call modules, registered
+as ``echo``, that answers every ZRTP call (and refuses calls without ZRTP with 488) and plays the
+caller's audio back 200 ms late, so a newcomer can place a secure call with no account of their
+own. ``Lab(echo=False)`` leaves it out; then ``echo`` is an ordinary user like the others.
 
 Both servers listen on free ports of 127.0.0.1 and keep their configuration, data and logs in
 the lab directory. They are stopped by ``stop()`` (or leaving the ``with`` block), and also when
@@ -17,8 +24,10 @@ with their log tail) or ``ValueError`` (bad user names or passwords).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,11 +39,15 @@ from lab.processes import LOG_TAIL_LINES, LOOPBACK, LabError, ManagedProcess
 from lab.prosody import ProsodyServer, XmppService
 from lab.users import check_user, new_password
 
-__all__ = ["DEMO_USERS", "DEFAULT_DOMAIN", "Lab", "LabError", "SipService", "XmppService"]
+__all__ = ["DEMO_USERS", "DEFAULT_DOMAIN", "ECHO_USER", "Lab", "LabError", "SipService", "XmppService"]
 
 log = logging.getLogger(__name__)
 
 DEMO_USERS = ("alice", "bob", "echo")
+ECHO_USER = "echo"
+ECHO_READY_LINE = "echo phone ready"  # lab.echo_phone.READY_LINE (not imported here: it loads pjsua2)
+ECHO_READY_TIMEOUT_SECONDS = 10.0
+REPOSITORY = Path(__file__).resolve().parent.parent
 DEFAULT_DOMAIN = "byline.lab"
 DOMAIN_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 TEMPORARY_DIRECTORY_PREFIX = "byline-lab-"
@@ -44,9 +57,10 @@ class Lab:
     """Prosody and/or Kamailio sharing one set of users, started by ``start()`` or ``with``.
 
     ``users`` is a list of names (each gets a random password) or a mapping name -> password.
-    ``xmpp`` / ``sip`` choose the servers. ``directory`` holds everything and is kept (reused, it
-    keeps Prosody's accounts and data from earlier runs; the lab's users get their passwords set
-    anew); without it the lab makes a temporary directory and deletes it, logs included, on
+    ``xmpp`` / ``sip`` choose the servers; ``echo`` the demo contact's echo phone (only with SIP and a
+    user named ``echo``; it adds about 0.2 s to ``start()``). ``directory`` holds everything and is
+    kept (reused, it keeps Prosody's accounts and data from earlier runs; the lab's users get their
+    passwords set anew); without it the lab makes a temporary directory and deletes it, logs included, on
     ``stop()``. ``start()`` blocks for about half a second: from asyncio, run it in a thread.
     """
 
@@ -58,6 +72,7 @@ class Lab:
         sip: bool = True,
         domain: str = DEFAULT_DOMAIN,
         directory: Path | str | None = None,
+        echo: bool = True,
     ):
         if not DOMAIN_PATTERN.match(domain):
             raise ValueError(f"lab domain {domain!r} must be a DNS name of a-z 0-9 . - (like {DEFAULT_DOMAIN!r})")
@@ -71,11 +86,13 @@ class Lab:
         self._passwords = passwords
         self._want_xmpp = xmpp
         self._want_sip = sip
+        self._want_echo = echo and sip and ECHO_USER in passwords
         self.domain = domain
         self._given_directory = Path(directory) if directory is not None else None
         self._directory: Path | None = None
         self._prosody: ProsodyServer | None = None
         self._kamailio: KamailioServer | None = None
+        self._echo: ManagedProcess | None = None
         self._started = False
 
     @property
@@ -105,8 +122,23 @@ class Lab:
         return self._kamailio.service
 
     @property
+    def echo_uri(self) -> str:
+        """The demo contact's address (``sip:echo@127.0.0.1:PORT``); ``LabError`` unless the echo phone runs."""
+        if self._echo is None or not self._started:
+            raise LabError("this lab runs no echo phone (start it, with sip=True, echo=True and a user 'echo')")
+        return self.sip.uri(ECHO_USER)
+
+    @property
+    def echo_process(self) -> ManagedProcess | None:
+        """The echo phone's process (running or stopped), or None when the lab has none."""
+        return self._echo
+
+    @property
     def processes(self) -> tuple[ManagedProcess, ...]:
-        """The server processes started so far (running or stopped), for PIDs and log tails."""
+        """The server processes started so far (running or stopped), for PIDs and log tails.
+
+        The echo phone is not a server: it is ``echo_process``.
+        """
         servers = (self._prosody, self._kamailio)
         return tuple(server.process for server in servers if server is not None and server.process is not None)
 
@@ -126,6 +158,8 @@ class Lab:
             if self._want_sip:
                 self._kamailio = KamailioServer(self._directory, self._passwords)
                 self._kamailio.start()
+                if self._want_echo:
+                    self._start_echo()
         except BaseException:
             self.stop()
             raise
@@ -136,6 +170,8 @@ class Lab:
         """Stop every server (by process group) and delete a temporary directory; safe to repeat."""
         if not self._started:
             return
+        if self._echo is not None:
+            self._echo.stop()  # first: it un-REGISTERs at the Kamailio still running
         for server in (self._kamailio, self._prosody):
             if server is not None:
                 server.stop()
@@ -146,7 +182,8 @@ class Lab:
 
     def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` log lines of every server, one block each ("" before any started)."""
-        return "\n".join(process.log_tail(lines) for process in self.processes)
+        processes = (*self.processes, *([self._echo] if self._echo is not None else []))
+        return "\n".join(process.log_tail(lines) for process in processes)
 
     def __enter__(self) -> Lab:
         return self.start()
@@ -167,11 +204,41 @@ class Lab:
             self._prosody.register(name, password)
         self._prosody.start()
 
+    def _start_echo(self) -> None:
+        """The echo phone, registered at our Kamailio; returns once it says it is ready."""
+        password_path = self._directory / "echo.password"
+        password_path.unlink(missing_ok=True)  # a kept directory: a fresh file, created 0600
+        descriptor = os.open(password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as password_file:
+            password_file.write(self._passwords[ECHO_USER] + "\n")
+        log_path = self._directory / "echo.log"
+        python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+        self._echo = ManagedProcess(
+            "echo phone",
+            [
+                sys.executable, "-m", "lab.echo_phone",
+                "--registrar", self.sip.registrar_uri,
+                "--user", ECHO_USER,
+                "--password-file", str(password_path),
+                "--log", str(log_path),  # its log lines; its standard output and errors join them there
+            ],
+            cwd=self._directory,
+            log_path=log_path,
+            env={**os.environ, "PYTHONPATH": python_path},
+        )
+        try:
+            self._echo.start()
+            self._echo.wait_ready(lambda: ECHO_READY_LINE in self._echo.log_text(), ECHO_READY_TIMEOUT_SECONDS)
+        finally:
+            password_path.unlink(missing_ok=True)  # read by now (or never needed again)
+
     def _summary(self) -> str:
         parts = []
         if self._prosody is not None:
             parts.append(f"XMPP {self.xmpp.domain} at {self.xmpp.host}:{self.xmpp.port}")
         if self._kamailio is not None:
             parts.append(f"SIP at {self.sip.host}:{self.sip.port}")
+        if self._echo is not None:
+            parts.append("echo phone registered")
         parts.append(f"users {', '.join(self._passwords)}")
         return "; ".join(parts)

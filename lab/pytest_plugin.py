@@ -83,7 +83,7 @@ def xmpp_lab(tmp_path_factory) -> Iterator[Lab]:
 @pytest.fixture(scope="session")
 def sip_lab(tmp_path_factory) -> Iterator[Lab]:
     """Kamailio alone with the demo users, shared by the session."""
-    with Lab(xmpp=False, directory=tmp_path_factory.mktemp("sip-lab")) as started:
+    with Lab(xmpp=False, echo=False, directory=tmp_path_factory.mktemp("sip-lab")) as started:
         yield started
 
 

@@ -238,3 +238,19 @@ def test_a_new_offer_without_zrtp_in_a_secure_call_is_reported_at_once_and_silen
     a, sent_before = asyncio.run(scenario())
     assert isinstance(a.events[-1], MediaNotEncrypted) and "no ZRTP" in a.events[-1].reason
     assert len(a.sent) == sent_before, "nothing more is sent once encryption is gone (plain calls not allowed)"
+
+
+def test_closing_while_opening_leaves_no_socket_behind():
+    async def scenario():
+        phone = Phone("alice", ZidCache())
+        opening = asyncio.ensure_future(phone.media.open())
+        phone.media.close()
+        try:
+            await opening
+        except asyncio.CancelledError:
+            pass
+        return phone.media
+
+    media = asyncio.run(scenario())
+    assert media._rtp is None or media._rtp.is_closing()
+    assert media._rtcp is None or media._rtcp.is_closing()

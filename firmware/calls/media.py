@@ -146,6 +146,10 @@ class MediaSession:
         self._loop = asyncio.get_running_loop()
         self._rtp, self._rtcp, self.rtp_port = await _bind_pair(self._loop, self.bind_address,
                                                                 self._on_rtp, self._on_rtcp)
+        if self.closed:  # closed while the sockets were being bound: they must not outlive it
+            self._rtp.close()
+            self._rtcp.close()
+            raise asyncio.CancelledError("the media session was closed while opening")
         self._zrtp = ZrtpSession(self.zid_cache, self.self_uri, self.peer_uri, self._send_zrtp, self._on_zrtp,
                                  ssrc=self._ssrc)
 

@@ -39,11 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import itertools
 import logging
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -579,6 +582,21 @@ _endpoint_taken = False
 notes). After ``libDestroy`` a new one works (measured: three rounds in one process)."""
 
 
+@contextlib.contextmanager
+def _stdout_silenced():
+    """File descriptor 1 goes to /dev/null meanwhile: in the simulator it is the phone's screen."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _release_endpoint() -> None:
     global _endpoint_taken
     with _endpoint_lock:
@@ -790,7 +808,8 @@ class SipAgent:
         endpoint = _Endpoint(self)
         self._endpoint = endpoint
         try:
-            endpoint.libCreate()
+            with _stdout_silenced():
+                endpoint.libCreate()  # pjlib prints its banner before our log writer exists
             config = pj.EpConfig()
             config.uaConfig.threadCnt = 0
             config.uaConfig.mainThreadOnly = True

@@ -163,8 +163,7 @@ class CallsUnit(Unit):
             return
         media = await self._open_media(account, request.uri)
         call_id = self._agent.make_call(account.address, request.uri, self._offer(media))
-        call = _Call(fx.CallView(call_id, _peer_name(request.uri), False, "calling"), account, media)
-        self._calls[call_id] = call
+        call = self._track(fx.CallView(call_id, _peer_name(request.uri), False, "calling"), account, media)
         self._publish(call)
 
     async def _answer(self, request: fx.AnswerCall) -> None:
@@ -221,12 +220,19 @@ class CallsUnit(Unit):
     # Media.
 
     async def _open_media(self, account: Account, peer_uri: str) -> MediaSession:
+        """A media session; its events reach the call once ``_track`` has made it."""
         media = MediaSession(bind_address=self._media_address(account), zid_cache=self._cache(),
-                             self_uri=f"sip:{account.address}", peer_uri=_bare_uri(peer_uri),
-                             on_event=lambda event, peer=peer_uri: self._on_media(peer, event),
-                             device_rate=self._config["audio.rate"], allow_plain=account.plain_calls)
+                             self_uri=zid_cache_uri(f"sip:{account.address}"), peer_uri=zid_cache_uri(peer_uri),
+                             on_event=lambda event: None, device_rate=self._config["audio.rate"],
+                             allow_plain=account.plain_calls)
         await media.open()
         return media
+
+    def _track(self, view: fx.CallView, account: Account, media: MediaSession) -> _Call:
+        call = _Call(view, account, media)
+        media.on_event = lambda event: self._on_media(call, event)
+        self._calls[view.call_id] = call
+        return call
 
     def _offer(self, media: MediaSession) -> MediaOffer:
         return MediaOffer(media.rtp_port, media.rtcp_port, media.bind_address, media.zrtp_hash)
@@ -255,10 +261,9 @@ class CallsUnit(Unit):
         if self._zid_cache is not None and store is not None:
             store.put(ZID_CACHE_RECORD, self._zid_cache.serialize())
 
-    def _on_media(self, peer: str, event) -> None:
-        call = next((c for c in self._calls.values() if c.view.peer == _peer_name(peer)), None)
-        if call is None:
-            return
+    def _on_media(self, call: _Call, event) -> None:
+        if self._calls.get(call.view.call_id) is not call:
+            return  # the call has ended
         if isinstance(event, MediaSecure):
             security = "key_changed" if event.cache_mismatch else "verified" if event.verified else "secure"
             reason = "The other phone's key changed" if event.cache_mismatch else ""
@@ -304,9 +309,8 @@ class CallsUnit(Unit):
                                                   "failed", reason="refused: caller has no ZRTP")))
             return
         media = await self._open_media(account, event.remote_uri)
-        call = _Call(fx.CallView(event.call_id, event.remote_display or _peer_name(event.remote_uri), True,
-                                 "incoming"), account, media)
-        self._calls[event.call_id] = call
+        call = self._track(fx.CallView(event.call_id, event.remote_display or _peer_name(event.remote_uri), True,
+                                       "incoming"), account, media)
         self._set_remote(call, remote)
         call.ready.set()
         self._agent.ring(event.call_id)
@@ -389,9 +393,21 @@ def route_address(host: str) -> str:
 
 
 def _bare_uri(uri: str) -> str:
-    """sip:user@host, without display name, angle brackets or parameters (the ZID cache's key)."""
+    """sip:user@host[:port], without display name, angle brackets or parameters."""
     _, address = split_name_addr(uri)
     return address.split(";", 1)[0]
+
+
+def zid_cache_uri(uri: str) -> str:
+    """The ZID cache's key for a party: sip:user@host, without port (as Linphone keys it), so the
+    same peer is the same entry whether it called us (From has no port) or we dialled it."""
+    scheme, _, address = _bare_uri(uri).partition(":")
+    user, _, host = address.partition("@")
+    if host.startswith("["):
+        host = host[:host.index("]") + 1]
+    else:
+        host = host.split(":", 1)[0]
+    return f"{scheme.lower()}:{user}@{host.lower()}"
 
 
 def _peer_name(uri: str) -> str:

@@ -140,7 +140,8 @@ class CallsUnit(Unit):
 
     def perform(self, request) -> None:
         handler = {fx.PlaceCall: self._place, fx.AnswerCall: self._answer, fx.EndCall: self._end,
-                   fx.VerifySas: self._verify, fx.SendDtmf: self._dtmf, fx.HoldCall: self._hold}[type(request)]
+                   fx.VerifySas: self._verify, fx.SendDtmf: self._dtmf, fx.HoldCall: self._hold,
+                   fx.MuteCall: self._mute}[type(request)]
         self._spawn(handler(request))
 
     def _spawn(self, coroutine) -> None:
@@ -201,6 +202,12 @@ class CallsUnit(Unit):
         call = self._calls.get(request.call_id)
         if call is not None and not call.media.send_dtmf(request.digit):
             log.info("call %s: the other phone takes no key presses (no telephone-event)", request.call_id)
+
+    async def _mute(self, request: fx.MuteCall) -> None:
+        call = self._calls.get(request.call_id)
+        if call is not None and call.view.phase == "connected":
+            call.media.set_muted(request.mute)
+            self._update(call, muted=request.mute)
 
     async def _hold(self, request: fx.HoldCall) -> None:
         call = self._calls.get(request.call_id)

@@ -169,7 +169,13 @@ class HoldCall:
     hold: bool
 
 
-CALL_EFFECTS = (PlaceCall, AnswerCall, EndCall, VerifySas, SendDtmf, HoldCall)
+@dataclass(frozen=True)
+class MuteCall:
+    call_id: str
+    mute: bool
+
+
+CALL_EFFECTS = (PlaceCall, AnswerCall, EndCall, VerifySas, SendDtmf, HoldCall, MuteCall)
 
 # Answers from the calls unit.
 
@@ -194,6 +200,7 @@ class CallView:
     sas: str = ""
     reason: str = ""
     held: bool = False
+    muted: bool = False
     answered: bool = False
     """The call was connected (an incoming call that ends unanswered and not declined is missed)."""
 

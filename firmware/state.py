@@ -415,8 +415,12 @@ def _call_key(state: PhoneState, key: str) -> PhoneState:
         return _request(state, fx.SendDtmf(call.call_id, key))
     if key == "up":
         return _request(state, fx.HoldCall(call.call_id, not call.held))
-    if call.security in ("secure", "verified", "key_changed") and key in ("ok", "down"):
+    if call.security in ("secure", "key_changed") and key in ("ok", "down"):
         return _request(state, fx.VerifySas(call.call_id, key == "ok"))
+    if call.security == "verified" and key == "ok":
+        return _request(state, fx.VerifySas(call.call_id, True))
+    if key == "down":  # once the SAS question is settled, Down is the mute key
+        return _request(state, fx.MuteCall(call.call_id, not call.muted))
     return state
 
 

@@ -254,3 +254,22 @@ def test_closing_while_opening_leaves_no_socket_behind():
     media = asyncio.run(scenario())
     assert media._rtp is None or media._rtp.is_closing()
     assert media._rtcp is None or media._rtcp.is_closing()
+
+
+def test_muted_the_peer_hears_silence_but_the_stream_goes_on():
+    async def scenario():
+        a, b = Phone("alice", ZidCache()), Phone("bob", ZidCache())
+        await connect(a, b)
+        try:
+            await wait_until(lambda: a.secure() and b.secure())
+            a.media.set_muted(True)
+            sent_before = len(a.sent)
+            _, b_played = await talk(a, b, 40)
+            return b_played, len(a.sent) - sent_before
+        finally:
+            a.media.close()
+            b.media.close()
+
+    b_played, sent = asyncio.run(scenario())
+    assert sent >= 35, "muted, packets still flow (silence), so the call does not look dead"
+    assert tone_power(b_played[FRAME_SAMPLES * 2 * 20:], 1000) < 0.05

@@ -369,3 +369,12 @@ def test_the_labs_account_and_contacts_join_the_profile_and_replace_an_earlier_l
     assert [a.address for a in state.profile.accounts] == [own.address, "alice@127.0.0.1:6000"]
     assert [c.name for c in state.profile.contacts] == ["Ann", "Echo (lab)"]
     assert {r.part for r in requests} == {"accounts", "contacts"} and state.lab_offer is None
+
+
+def test_down_mutes_once_the_sas_question_is_settled():
+    verified = step(unlocked(), fx.CallChanged(call_view("connected", "verified", "k7f2")))
+    assert take(press(verified, "down"))[1] == (fx.MuteCall("c1", True),)
+    muted = step(verified, fx.CallChanged(replace(call_view("connected", "verified", "k7f2"), muted=True)))
+    assert take(press(muted, "down"))[1] == (fx.MuteCall("c1", False),)
+    unverified = step(unlocked(), fx.CallChanged(call_view("connected", "secure", "k7f2")))
+    assert take(press(unverified, "down"))[1] == (fx.VerifySas("c1", False),), "until then Down means 'differs'"

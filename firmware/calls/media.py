@@ -127,6 +127,7 @@ class MediaSession:
         self._dtmf_digits: collections.deque[str] = collections.deque()
         self._dtmf_packets: list[bytes] = []
         self.held = False
+        self.muted = False
         self._started = False
         self._start_requested = False
         self._codec = None
@@ -230,6 +231,10 @@ class MediaSession:
         self._dtmf_digits.append(digit)
         return True
 
+    def set_muted(self, muted: bool) -> None:
+        """Muted, the microphone's frames are replaced by silence (the peer keeps hearing a stream)."""
+        self.muted = muted
+
     def set_held(self, held: bool) -> None:
         """On hold neither side's audio flows (the peer is told through SIP)."""
         self.held = held
@@ -303,7 +308,7 @@ class MediaSession:
         """Send ``captured`` (20 ms at the device rate) and return the next 20 ms to play (None: silence)."""
         if not self._audio_on or self.closed or self.held:
             return None
-        self._send_audio(captured)
+        self._send_audio(bytes(len(captured)) if self.muted else captured)
         return self._next_played()
 
     def _send_audio(self, captured: bytes) -> None:

@@ -259,8 +259,10 @@ def call_lines(state: PhoneState) -> tuple[str, str, str, str]:
         keys = "ON HOLD  Up:resume"
     elif call.security in ("secure", "key_changed"):
         keys = "OK:same Dn:differs"
+    elif call.muted:
+        keys = "MUTED  Dn:unmute"
     else:
-        keys = "Up:hold Back:end"
+        keys = "Dn:mute Up:hold"
     return call.peer, SECURITY_LINES[call.security], call.sas, keys
 
 

@@ -45,6 +45,10 @@ from firmware.units import AudioRoute, Unit
 log = logging.getLogger(__name__)
 
 ZID_CACHE_RECORD = "zrtp-zid-cache"
+NETWORK_CHECK_S = 5.0
+"""How often the route to each account's server is looked at: a new local address (another
+network, a new DHCP lease) re-registers the account at once instead of waiting for pjsua's
+next refresh, so calls reach the phone where it now is."""
 NOT_ACCEPTABLE = 488
 BUSY_HERE = 486
 
@@ -75,6 +79,8 @@ class CallsUnit(Unit):
         self._tasks: set[asyncio.Task] = set()
         self._history_on = False
         self._log_loaded = False
+        self._routes: dict[str, str] = {}
+        self.route = route_address
 
     def start(self, post: Callable[[object], None]) -> None:
         self._post = post
@@ -85,6 +91,7 @@ class CallsUnit(Unit):
         except (SipError, OSError) as e:
             self._agent = None
             raise DeviceError("calls", "sip_port", str(e)) from None
+        self._spawn(self._watch_network())
 
     def stop(self) -> None:
         for task in list(self._tasks):
@@ -135,6 +142,23 @@ class CallsUnit(Unit):
             return
         self._accounts[account.address] = account
         self._post(fx.AccountStatus(account.address, "registering"))
+
+    async def _watch_network(self) -> None:
+        while True:
+            await asyncio.sleep(NETWORK_CHECK_S)
+            self.check_network()
+
+    def check_network(self) -> None:
+        """Re-register every account whose server is now reached from another local address."""
+        for address in list(self._accounts):
+            local = self.route(_server_host(address))
+            before = self._routes.get(address)
+            self._routes[address] = local
+            if before is not None and before != local:
+                log.info("calls: the network changed (%s -> %s): registering again", before, local)
+                account = self._accounts.pop(address)
+                self._agent.remove_account(address)
+                self._add_account(account)
 
     # Requests.
 
@@ -248,8 +272,7 @@ class CallsUnit(Unit):
         configured = self._config["calls.media_address"]
         if configured:
             return configured
-        host = account.address.partition("@")[2].rsplit(":", 1)[0]
-        return route_address(host)
+        return self.route(_server_host(account.address))
 
     def _cache(self) -> ZidCache:
         if self._zid_cache is None:
@@ -403,6 +426,11 @@ def _bare_uri(uri: str) -> str:
     """sip:user@host[:port], without display name, angle brackets or parameters."""
     _, address = split_name_addr(uri)
     return address.split(";", 1)[0]
+
+
+def _server_host(address: str) -> str:
+    host = address.partition("@")[2]
+    return host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
 
 
 def zid_cache_uri(uri: str) -> str:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from drivers.errors import DeviceError
 from firmware import effects as fx
-from firmware.calls.media import MediaFailed, MediaNotEncrypted, MediaSecure, MediaSession
+from firmware.calls.media import MediaFailed, MediaNotEncrypted, MediaSecure, MediaSession, route_address
 from firmware.calls.sip import (CallEnded, CallProgress, IncomingCall, MediaOffer, Registered, RemoteMedia,
                                 RemoteMediaChanged, SipAccountConfig, SipAgent, SipError, split_name_addr)
 from firmware.calls.zrtp import ZidCache
@@ -410,16 +409,6 @@ def outcome(view: fx.CallView) -> str:
     if view.reason in ("missed", "declined"):
         return view.reason
     return "answered" if view.answered and view.security != "failed" else "failed"
-
-
-def route_address(host: str) -> str:
-    """Our address on the interface that reaches ``host`` (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((host, 9))
-            return probe.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
 
 
 def _bare_uri(uri: str) -> str:

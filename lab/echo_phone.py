@@ -28,17 +28,11 @@ import argparse
 import asyncio
 import logging
 import signal
-import socket
 import sys
 from collections import deque
 from dataclasses import dataclass
 
-from firmware.calls.media import (
-    MediaFailed,
-    MediaNotEncrypted,
-    MediaSecure,
-    MediaSession,
-)
+from firmware.calls.media import MediaFailed, MediaNotEncrypted, MediaSecure, MediaSession, route_address
 from firmware.calls.sip import (
     CallEnded,
     CallProgress,
@@ -292,16 +286,6 @@ class EchoPhone:
             action(*args)
         except SipError as error:  # the call ended meanwhile
             log.info("%s", error)
-
-
-def route_address(host: str) -> str:
-    """Our address on the interface that reaches ``host`` (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((host, 9))
-            return probe.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
 
 
 def registrar_hostport(registrar: str) -> str:

@@ -368,6 +368,16 @@ class MediaSession:
             self._codec.close()
 
 
+def route_address(host: str) -> str:
+    """Our address on the interface that reaches ``host`` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
 async def _bind_pair(loop, address: str, on_rtp, on_rtcp):
     """An RTP socket on an even port and RTCP on the next one (RFC 3550's convention)."""
     for _ in range(PORT_ATTEMPTS):

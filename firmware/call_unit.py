@@ -349,7 +349,7 @@ class CallsUnit(Unit):
         lost_zrtp = call.remote is not None and call.remote.zrtp_hash is not None and remote.zrtp_hash is None
         call.remote = remote
         call.media.set_remote(remote.address, remote.rtp_port, remote.payload_types, remote.zrtp_hash,
-                              remote.telephone_event_pt)
+                              remote.telephone_event_pt, remote.rtcp_port)
         if lost_zrtp:
             log.warning("call %s: the peer's new SDP has no ZRTP", call.view.call_id)
 

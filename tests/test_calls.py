@@ -55,11 +55,11 @@ def udp_datagrams(pcap: Path) -> list[tuple[int, int, bytes]]:
     return payloads
 
 
-def media_ports(datagrams) -> set[int]:
-    """The RTP ports the SDP bodies of the captured SIP messages announce (m=audio PORT ...)."""
+def media_ports(datagrams, sip_port: int) -> set[int]:
+    """The RTP ports announced (m=audio PORT ...) in the SDP of SIP messages to or from ``sip_port``."""
     ports = set()
-    for _, _, payload in datagrams:
-        if payload.startswith((b"INVITE ", b"SIP/2.0 ")):
+    for source, destination, payload in datagrams:
+        if sip_port in (source, destination) and payload.startswith((b"INVITE ", b"SIP/2.0 ")):
             ports.update(int(port) for port in re.findall(rb"\r\nm=audio (\d+) ", payload))
     return ports
 
@@ -145,7 +145,7 @@ print
     assert any("answ" in line for line in again.lines), again.lines
 
     datagrams = udp_datagrams(tcpdump)
-    ports = media_ports(datagrams)
+    ports = media_ports(datagrams, sip_lab.sip.port)
     assert len(ports) >= 4, f"two calls announce four media ports, found {ports}"
     # Between the announced ports only: other programs on this machine may use loopback too.
     between = [(s, d, p) for s, d, p in datagrams if s in ports and d in ports]

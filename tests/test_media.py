@@ -273,3 +273,21 @@ def test_muted_the_peer_hears_silence_but_the_stream_goes_on():
     b_played, sent = asyncio.run(scenario())
     assert sent >= 35, "muted, packets still flow (silence), so the call does not look dead"
     assert tone_power(b_played[FRAME_SAMPLES * 2 * 20:], 1000) < 0.05
+
+
+def test_sender_reports_go_both_ways_as_srtcp():
+    async def scenario():
+        a, b = Phone("alice", ZidCache()), Phone("bob", ZidCache())
+        a.media.rtcp_interval_s = b.media.rtcp_interval_s = 0.1
+        await connect(a, b)
+        try:
+            await wait_until(lambda: a.secure() and b.secure())
+            await talk(a, b, 25)
+            return a.media.stats, b.media.stats
+        finally:
+            a.media.close()
+            b.media.close()
+
+    a_stats, b_stats = asyncio.run(scenario())
+    for stats in (a_stats, b_stats):
+        assert stats.reports_sent >= 3 and stats.reports_received >= 3 and stats.srtp_errors == 0, stats

@@ -11,6 +11,8 @@ Contract:
   reported the same way at once.
 - Audio flows only once SRTP is keyed (or, for an allowed plain call, at once). Outbound: the
   audio thread calls ``exchange(captured)`` every 20 ms; it returns the frame to play.
+- Every RTCP_INTERVAL_S a sender report goes to the peer's RTCP port as SRTCP (32-bit tag when
+  HS32 was negotiated, as Linphone does); the peer's reports count once they authenticate.
 - Everything from the network runs on the asyncio loop; only datagrams from the peer's media
   address are looked at. ZRTP's timers tick on the loop. The jitter buffer is the one object the
   two threads share, behind a lock.
@@ -31,7 +33,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from firmware.calls.codecs import SUPPORTED, Concealer, Resampler, open_codec
-from firmware.calls.rtp import JitterBuffer, RtpError, RtpSender, classify, parse
+from firmware.calls.rtp import (JitterBuffer, RtpError, RtpSender, build_sender_report, classify, ntp_timestamp, parse,
+                                parse_rtcp)
 from firmware.calls.srtp import SrtpError, SrtpKey, SrtpSession, profile_for
 from firmware.calls.zrtp import (ZrtpCacheMismatch, ZrtpFailed, ZrtpGoClear, ZrtpSecure, ZrtpSession, ZrtpSrtpKeys,
                                  ZidCache)
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 
 FRAME_MS = 20
 ZRTP_TICK_S = 0.02
+RTCP_INTERVAL_S = 5.0
+"""RFC 3550's minimum interval between our (SRTCP-protected) sender reports."""
+RTCP_CNAME = "byline"
+"""The same for every phone: RFC 7022 allows a fixed name, and a real one would identify us."""
 PORT_ATTEMPTS = 50
 FIRST_MEDIA_PORT = 20000
 LAST_MEDIA_PORT = 60000
@@ -81,6 +88,8 @@ class MediaStats:
     srtp_errors: int = 0
     dropped_foreign: int = 0
     lost: int = 0
+    reports_sent: int = 0
+    reports_received: int = 0
 
 
 @dataclass
@@ -89,6 +98,8 @@ class _Counters:
     received: int = 0
     srtp_errors: int = 0
     dropped_foreign: int = 0
+    reports_sent: int = 0
+    reports_received: int = 0
 
 
 class _Socket(asyncio.DatagramProtocol):
@@ -122,6 +133,9 @@ class MediaSession:
         self._zrtp: ZrtpSession | None = None
         self._srtp: SrtpSession | None = None
         self._remote: tuple[str, int] | None = None
+        self._remote_rtcp: tuple[str, int] | None = None
+        self.rtcp_interval_s = RTCP_INTERVAL_S
+        self._reporter: asyncio.Task | None = None
         self._zrtp_hash: str | None = None
         self._telephone_event_pt: int | None = None
         self._dtmf_digits: collections.deque[str] = collections.deque()
@@ -163,9 +177,10 @@ class MediaSession:
         return self.rtp_port + 1
 
     def set_remote(self, address: str, rtp_port: int, payload_types: tuple[int, ...], zrtp_hash: str | None,
-                   telephone_event_pt: int | None = None) -> None:
+                   telephone_event_pt: int | None = None, rtcp_port: int | None = None) -> None:
         """The peer's media (from its SDP); called again for every later SDP (re-INVITE, hold)."""
         self._remote = (address, rtp_port)
+        self._remote_rtcp = (address, rtcp_port or rtp_port + 1)
         self._telephone_event_pt = telephone_event_pt
         if self._codec is None:
             self._choose_codec(payload_types)
@@ -271,7 +286,31 @@ class MediaSession:
             self._jitter.put(packet, time.monotonic())
 
     def _on_rtcp(self, data: bytes, addr) -> None:
-        """RTCP is received for the peer's sake (it needs a listening port); we keep no stats from it yet."""
+        """The peer's SRTCP reports: counted once they authenticate; anything else is dropped."""
+        if self._remote_rtcp is None or tuple(addr[:2]) != self._remote_rtcp or self._srtp is None:
+            self._counters.dropped_foreign += 1
+            return
+        try:
+            parse_rtcp(self._srtp.unprotect_rtcp(data))
+        except (SrtpError, RtpError):
+            self._counters.srtp_errors += 1
+            return
+        self._counters.reports_received += 1
+
+    async def _send_reports(self) -> None:
+        """A sender report (with our reception report) every interval, as SRTCP."""
+        while not self.closed:
+            await asyncio.sleep(self.rtcp_interval_s)
+            srtp, sender = self._srtp, self._sender
+            if srtp is None or sender is None or self._rtcp is None or self.held:
+                continue
+            with self._jitter_lock:
+                block = self._jitter.report_block()
+            report = build_sender_report(self._ssrc, ntp_timestamp(time.time()), sender.timestamp,
+                                         sender.packets_sent, sender.octets_sent,
+                                         (block,) if block else (), cname=RTCP_CNAME)
+            self._rtcp.sendto(srtp.protect_rtcp(report), self._remote_rtcp)
+            self._counters.reports_sent += 1
 
     def _send_zrtp(self, packet: bytes) -> None:
         if self._remote is not None and self._rtp is not None:
@@ -296,6 +335,8 @@ class MediaSession:
         self._srtp = SrtpSession(profile, SrtpKey(keys.self_key, keys.self_salt), SrtpKey(keys.peer_key, keys.peer_salt),
                                  srtcp_tag_32=keys.auth_tag == "HS32")
         self._audio_on = self._codec is not None
+        if self._reporter is None:
+            self._reporter = self._loop.create_task(self._send_reports(), name="rtcp-reports")
 
     async def _tick_zrtp(self) -> None:
         while not self.closed:
@@ -347,7 +388,7 @@ class MediaSession:
         lost = self._jitter.stats.lost if self._jitter is not None else 0
         c = self._counters
         return MediaStats(c.sent, c.received, c.srtp_errors + (self._srtp.auth_failures if self._srtp else 0),
-                          c.dropped_foreign, lost)
+                          c.dropped_foreign, lost, c.reports_sent, c.reports_received)
 
     def close(self) -> None:
         """Stop audio, ZRTP and the sockets; idempotent."""
@@ -355,8 +396,9 @@ class MediaSession:
             return
         self.closed = True
         self._audio_on = False
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in (self._ticker, self._reporter):
+            if task is not None:
+                task.cancel()
         for transport in (self._rtp, self._rtcp):
             if transport is not None:
                 transport.close()

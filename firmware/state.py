@@ -188,9 +188,10 @@ class PhoneState:
 
     @property
     def call(self) -> fx.CallView | None:
-        """The call the screen shows: an incoming or live one first, else one that just ended."""
+        """The call the screen shows: an incoming one, else the one talking, else one on hold, else
+        one that just ended."""
         live = [c for c in self.calls if c.phase != "ended"]
-        ranked = sorted(live, key=lambda c: c.phase != "incoming")
+        ranked = sorted(live, key=lambda c: (c.phase != "incoming", c.held))
         return ranked[0] if ranked else (self.calls[-1] if self.calls else None)
 
     def status_of(self, address: str) -> str:

@@ -217,3 +217,58 @@ expect "Call ended" 10
             alice.stop()
     assert any("1 missed call" in line for line in bob.lines), bob.lines
     assert any("486" in line for line in alice.lines), alice.lines
+
+
+def test_a_second_call_while_in_a_call_holds_the_first(tmp_path, sip_lab):
+    sip = sip_lab.sip
+    address = {name: f"{name}@{sip.host}:{sip.port}" for name in ("alice", "bob", "echo")}
+    bob = ScriptedPhone("bob", tmp_path, account_steps(address["bob"], sip_lab.users["bob"]) + """
+print
+expect "Incoming call" 60
+lift
+expect SECURE 15
+print
+expect "Incoming call" 60
+press ok
+expect "echo@" 15
+expect SECURE 15
+print
+expect "ON HOLD" 30
+print
+press up
+expect "alice@" 10
+expect "OK:same" 10
+print
+hangup
+expect "Call ended" 10
+""")
+    others = []
+    try:
+        bob.read_until("screen: ")
+        others.append(ScriptedPhone("alice", tmp_path, account_steps(address["alice"], sip_lab.users["alice"])
+                                    + contact_steps("Bob", address["bob"]) + """
+lift
+expect SECURE 30
+print
+expect "Call ended" 60
+"""))
+        bob.read_until("SECURE")
+        others.append(ScriptedPhone("echo", tmp_path, account_steps(address["echo"], sip_lab.users["echo"])
+                                    + contact_steps("Bob", address["bob"]) + """
+lift
+expect SECURE 30
+print
+pause 2
+hangup
+expect "Call ended" 10
+""", tone=800.0))
+        for phone in others:
+            phone.finish()
+        bob.finish()
+    finally:
+        for phone in (bob, *others):
+            phone.stop()
+    screens = [line for line in bob.lines if line.startswith("screen:")]
+    assert "echo@" in screens[2] and "SECURE" in screens[2], screens
+    assert "alice@" in screens[3] and "ON HOLD" in screens[3], "back to the first call, still held"
+    assert "alice@" in screens[4] and "OK:same" in screens[4], "resumed"

@@ -284,6 +284,24 @@ def test_two_clients_exchange_messages_both_ways_with_receipts(xmpp_lab, caplog)
     assert "session started" in caplog.text
 
 
+def test_a_message_to_one_resource_is_delivered_and_confirmed(xmpp_lab):
+    async def scenario():
+        alice, alice_events = await online(account(xmpp_lab, "alice"))
+        bob, bob_events = await online(account(xmpp_lab, "bob"))
+        try:
+            with pytest.raises(XmppError, match="resource"):
+                alice.send(xmpp_lab.xmpp.jid("bob") + "/", "no resource")
+            to_bob = alice.send(xmpp_lab.xmpp.jid("bob") + "/byline", "for this device")
+            received = await bob_events.until(lambda e: isinstance(e, MessageReceived) and e.message_id == to_bob)
+            await alice_events.until(lambda e: e == Delivered(to_bob))
+            return received
+        finally:
+            await alice.stop()
+            await bob.stop()
+
+    assert asyncio.run(scenario()).body == "for this device"
+
+
 def test_messages_sent_while_the_connection_is_down_arrive_once_each(xmpp_lab, caplog):
     """Lab cannot restart Prosody on the same port, so the connection is cut under the client."""
     caplog.set_level(logging.INFO, logger="firmware.chat.xmpp")

@@ -550,8 +550,12 @@ class XmppClient:
     # --- messages ---
 
     def send(self, to_jid: str, body: str, message_id: str | None = None) -> str:
-        """Queue ``body`` for ``to_jid`` (bare JID); sent now if connected, else after connecting. Returns its id."""
-        to = _checked_bare_jid(to_jid)
+        """Queue ``body`` for ``to_jid``; sent now if connected, else after connecting. Returns its id.
+
+        ``to_jid`` is a bare JID, or a full one (user@domain/resource) where one device must get
+        it: OTR talks to one instance of a contact logged in on several.
+        """
+        to = _checked_addressee(to_jid)
         if not isinstance(body, str) or not body or len(body) > MAX_BODY_CHARS:
             raise XmppError(f"the body must be 1-{MAX_BODY_CHARS} characters")
         if message_id is None:
@@ -576,7 +580,7 @@ class XmppClient:
     def _on_receipt(self, client, message) -> None:
         message_id = str(message["receipt"] or "")
         outgoing = self._outbox.get(message_id)
-        if outgoing is None or message["from"].bare != outgoing.to:
+        if outgoing is None or message["from"].bare != outgoing.to.split("/", 1)[0]:
             return  # unknown, repeated, or a receipt from someone else than the addressee
         del self._outbox[message_id]
         self._emit(Delivered(message_id))
@@ -767,6 +771,15 @@ def _retire(client: slixmpp.ClientXMPP) -> None:
 
 def _valid_id(text: str) -> bool:
     return isinstance(text, str) and 0 < len(text) <= MAX_ID_CHARS and RESOURCE_PATTERN.fullmatch(text) is not None
+
+
+def _checked_addressee(jid: str) -> str:
+    """A bare JID, or a bare JID with a resource."""
+    bare, slash, resource = jid.partition("/") if isinstance(jid, str) else ("", "", "")
+    _checked_bare_jid(bare)
+    if slash and not RESOURCE_PATTERN.fullmatch(resource):
+        raise XmppError("a resource must be 1-128 printable ASCII characters")
+    return jid
 
 
 def _checked_bare_jid(jid: str) -> str:

@@ -29,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from firmware.calls.codecs import SUPPORTED, Concealer, Resampler, open_codec
@@ -81,23 +81,16 @@ class MediaFailed:
 MediaEvent = MediaSecure | MediaNotEncrypted | MediaFailed
 
 
-@dataclass(frozen=True)
+@dataclass
 class MediaStats:
+    """Counters of one call's media; ``stats`` hands out a copy with the losses and libsrtp's
+    authentication failures added."""
+
     sent: int = 0
     received: int = 0
     srtp_errors: int = 0
     dropped_foreign: int = 0
     lost: int = 0
-    reports_sent: int = 0
-    reports_received: int = 0
-
-
-@dataclass
-class _Counters:
-    sent: int = 0
-    received: int = 0
-    srtp_errors: int = 0
-    dropped_foreign: int = 0
     reports_sent: int = 0
     reports_received: int = 0
 
@@ -153,7 +146,7 @@ class MediaSession:
         self._to_device: Resampler | None = None
         self._audio_on = False
         self._ticker: asyncio.Task | None = None
-        self._counters = _Counters()
+        self._counters = MediaStats()
         self._ssrc = int.from_bytes(os.urandom(4), "big")
 
     async def open(self) -> None:
@@ -386,9 +379,8 @@ class MediaSession:
     @property
     def stats(self) -> MediaStats:
         lost = self._jitter.stats.lost if self._jitter is not None else 0
-        c = self._counters
-        return MediaStats(c.sent, c.received, c.srtp_errors + (self._srtp.auth_failures if self._srtp else 0),
-                          c.dropped_foreign, lost, c.reports_sent, c.reports_received)
+        rejected = self._srtp.auth_failures if self._srtp else 0
+        return replace(self._counters, lost=lost, srtp_errors=self._counters.srtp_errors + rejected)
 
     def close(self) -> None:
         """Stop audio, ZRTP and the sockets; idempotent."""

@@ -15,6 +15,10 @@ MockFactory. Tests and benchmarks use :class:`ScenarioPhone` directly. Script li
     lift | hangup          the handset off or back on the cradle
     advance SECONDS        move the phone's clock forward (screen timeout, clock face)
     snap NAME              save the current frame as OUTDIR/NAME.png
+    mark NAME              write "mark: NAME" to stdout (tells whoever drives several phones where
+                           this one is)
+    await NAME [S]         wait (up to S seconds, default AWAIT_TIMEOUT_S) until the line NAME
+                           arrives on stdin (the driver's go-ahead; phones in a test take turns)
 
 The clock is fixed (SCENARIO_EPOCH, in UTC) so frames are the same on every machine.
 """
@@ -28,6 +32,7 @@ import os
 import shlex
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +51,7 @@ from firmware.units import DisplayUnit
 
 SCENARIO_EPOCH = 1795686060.0  # Thu 26 Nov 2026 09:41 UTC
 WAIT_TIMEOUT_S = 5.0
+AWAIT_TIMEOUT_S = 120.0
 SCREENS = ("boot", "pin", "working", "home", "menu", "section", "form", "edit")
 SCENARIO_PIN = "123456"
 SCENARIO_KDF = {"security__kdf_target_ms": 20, "security__kdf_memory_mib": 8}
@@ -224,10 +230,16 @@ def _check(verb: str, args: tuple[str, ...]) -> str | None:
             return None if len(args) == 1 and float(args[0]) >= 0 else "advance takes seconds"
         except ValueError:
             return "advance takes seconds"
-    if verb == "snap":
-        return None if len(args) == 1 and args[0].replace("-", "").replace("_", "").isalnum() else \
-            "snap takes one name of letters, digits, - and _"
+    if verb in ("snap", "mark"):
+        return None if len(args) == 1 and _is_name(args[0]) else f"{verb} takes one name of letters, digits, - and _"
+    if verb == "await":
+        return None if len(args) in (1, 2) and _is_name(args[0]) and (len(args) == 1 or _seconds(args[1])) else \
+            "await takes one name of letters, digits, - and _ and optionally seconds"
     return f"unknown step {verb!r}"
+
+
+def _is_name(text: str) -> bool:
+    return text.replace("-", "").replace("_", "").isalnum()
 
 
 def _seconds(text: str) -> bool:
@@ -251,7 +263,9 @@ async def run_script(steps: list[Step], out: Path, config: Config | None = None)
 
 
 async def _perform(phone: ScenarioPhone, step: Step, out: Path, written: list[Path]) -> None:
-    timeout = float(step.args[1]) if step.verb in ("wait", "expect") and len(step.args) == 2 else WAIT_TIMEOUT_S
+    timeout = AWAIT_TIMEOUT_S if step.verb == "await" else WAIT_TIMEOUT_S
+    if step.verb in ("wait", "expect", "await") and len(step.args) == 2:
+        timeout = float(step.args[1])
     if step.verb == "wait":
         await phone.wait_screen(step.args[0], timeout)
     elif step.verb == "press":
@@ -274,6 +288,38 @@ async def _perform(phone: ScenarioPhone, step: Step, out: Path, written: list[Pa
         path = out / f"{step.args[0]}.png"
         phone.frame().save(path)
         written.append(path)
+    elif step.verb == "mark":
+        print(f"mark: {step.args[0]}", flush=True)
+    elif step.verb == "await":
+        await _await_line(step.args[0], timeout)
+
+
+async def _await_line(name: str, timeout: float) -> None:
+    """Read stdin until the line ``name``; TimeoutError if it does not come, ScriptError at its end."""
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Future = loop.create_future()
+
+    def settle(outcome: BaseException | None) -> None:
+        if arrived.done():
+            return
+        if outcome is None:
+            arrived.set_result(None)
+        else:
+            arrived.set_exception(outcome)
+
+    def read() -> None:
+        for line in sys.stdin:
+            if line.strip() == name:
+                loop.call_soon_threadsafe(settle, None)
+                return
+        loop.call_soon_threadsafe(settle, ScriptError(f"stdin ended before {name!r} came"))
+
+    # A daemon thread: a blocked read of stdin must not keep the process alive after a timeout.
+    threading.Thread(target=read, name="await-stdin", daemon=True).start()
+    try:
+        await asyncio.wait_for(arrived, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"{name!r} did not arrive on stdin within {timeout} s") from None
 
 
 def main(argv: list[str] | None = None) -> int:

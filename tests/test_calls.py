@@ -80,6 +80,7 @@ expect "Call ended" 30
 hangup
 press back ok 1
 wait section
+await alice-at-home
 lift
 expect SECURE 30
 print
@@ -106,12 +107,14 @@ hangup
 expect "Call ended" 10
 press back back back
 wait home
+mark alice-at-home
 expect "Incoming call" 60
 lift
 expect SECURE 15
 print
 expect "Call ended" 30
 """)
+        bob.take_turn_after(alice, "alice-at-home")  # a key pressed on the way home would decline bob's call
         alice.finish()
         bob.finish()
     finally:
@@ -171,10 +174,13 @@ expect "Call ended" 30
 press back
 expect "1 missed call"
 print
+mark bob-at-home
 expect "Incoming call" 30
 press back
 expect "Call ended" 10
 press back
+wait home
+mark bob-at-home-again
 expect "Incoming call" 30
 lift
 expect SECURE 15
@@ -191,13 +197,13 @@ pause 1
 hangup
 expect "Call ended" 10
 press back
-pause 1
+await bob-at-home
 lift
 expect "Call ended" 15
 print
 hangup
 press back
-pause 1
+await bob-at-home-again
 lift
 expect SECURE 30
 press up
@@ -209,6 +215,9 @@ pause 1
 hangup
 expect "Call ended" 10
 """)
+        # Bob's keys must not meet alice's next call early: each call waits until bob is home.
+        alice.take_turn_after(bob, "bob-at-home")
+        alice.take_turn_after(bob, "bob-at-home-again")
         alice.finish()
         bob.finish()
     finally:

@@ -95,8 +95,8 @@ class ScriptedPhone:
             [sys.executable, "-m", "firmware.scenario", str(self.dir / "script.txt"), str(self.dir / "out"),
              "--work-dir", str(work or self.dir / "work"), "--log", str(self.log),
              "--capture", str(capture), "--playback", str(self.playback)],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
 
     def read_until(self, pattern: str, timeout: float = PHONE_TIMEOUT_S) -> str:
@@ -109,6 +109,16 @@ class ScriptedPhone:
             if re.search(pattern, line):
                 return line
         raise AssertionError(f"{self.name}: {pattern!r} never came; said {self.lines}; {self.failure()}")
+
+    def tell(self, name: str) -> None:
+        """Let the script go on past its ``await NAME`` step."""
+        self.process.stdin.write(name + "\n")
+        self.process.stdin.flush()
+
+    def take_turn_after(self, other: "ScriptedPhone", mark: str) -> None:
+        """Wait until ``other`` writes ``mark: MARK``, then let this phone past its ``await MARK``."""
+        other.read_until(f"^mark: {re.escape(mark)}$")
+        self.tell(mark)
 
     def finish(self) -> None:
         out, err = self.process.communicate(timeout=PHONE_TIMEOUT_S)

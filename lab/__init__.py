@@ -7,18 +7,32 @@
         lab.sip.registrar_uri               # "sip:127.0.0.1:PORT"
         lab.sip.uri("bob")                  # "sip:bob@127.0.0.1:PORT": register as it, call it
         lab.echo_uri                        # "sip:echo@127.0.0.1:PORT": the demo contact, see below
+        lab.chat_echo_jid                   # "echo@byline.lab": the same contact for chat
 
-With SIP (and a user named ``echo``, as among the demo users) the lab also runs the demo contact
-"echo" (lab/echo_phone.py): a headless phone built from the firmware's call modules, registered
-as ``echo``, that answers every ZRTP call (and refuses calls without ZRTP with 488) and plays the
-caller's audio back 200 ms late, so a newcomer can place a secure call with no account of their
-own. ``Lab(echo=False)`` leaves it out; then ``echo`` is an ordinary user like the others.
+With a user named ``echo`` (as among the demo users) the lab also runs the demo contact "echo",
+so a newcomer can place a secure call or chat with no account of their own:
+
+- with SIP, the echo phone (lab/echo_phone.py): a headless phone built from the firmware's call
+  modules, registered as ``echo``, that answers every ZRTP call (and refuses calls without ZRTP
+  with 488) and plays the caller's audio back 200 ms late;
+- with XMPP, the chat echo (lab/chat_echo.py): logged in as ``echo`` with the firmware's chat
+  modules, it accepts every subscription (and subscribes back), answers each OTR message "TEXT"
+  with "echo: TEXT" inside the OTR session (never in plaintext: a plaintext message gets an OTR
+  query), and answers every SMP with the secret ``byline`` (ask it anything; its answer is always
+  'byline'). Its OTR key is kept in the lab directory (``chat-echo-state/``), so a kept lab keeps
+  its fingerprint.
+
+``Lab(echo=False)`` leaves both out; then ``echo`` is an ordinary user like the others.
+
+``stop_xmpp()`` and ``start_xmpp()`` stop Prosody and start it again on the same port (its
+accounts, rosters and offline messages kept), for tests of clients that lose their server.
 
 Both servers listen on free ports of 127.0.0.1 and keep their configuration, data and logs in
-the lab directory. They are stopped by ``stop()`` (or leaving the ``with`` block), and also when
-the Python process that started them dies (see lab/processes.py for the one exception). The lab never writes to stdout or stderr: it reports
-through ``logging`` (logger ``lab``), and its errors are ``LabError`` (servers that fail to start,
-with their log tail) or ``ValueError`` (bad user names or passwords).
+the lab directory. They (and the echo contacts) are stopped by ``stop()`` (or leaving the ``with``
+block), and also when the Python process that started them dies (see lab/processes.py for the one
+exception). The lab never writes to stdout or stderr: it reports through ``logging`` (logger
+``lab``), and its errors are ``LabError`` (servers that fail to start, with their log tail) or
+``ValueError`` (bad user names or passwords).
 """
 
 from __future__ import annotations
@@ -47,6 +61,8 @@ DEMO_USERS = ("alice", "bob", "echo")
 ECHO_USER = "echo"
 ECHO_READY_LINE = "echo phone ready"  # lab.echo_phone.READY_LINE (not imported here: it loads pjsua2)
 ECHO_READY_TIMEOUT_SECONDS = 10.0
+CHAT_ECHO_READY_LINE = "chat echo ready"  # lab.chat_echo.READY_LINE (not imported here: it loads slixmpp)
+CHAT_ECHO_STATE_DIRECTORY = "chat-echo-state"  # in the lab directory: its OTR key and instance tag
 REPOSITORY = Path(__file__).resolve().parent.parent
 DEFAULT_DOMAIN = "byline.lab"
 DOMAIN_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
@@ -57,8 +73,9 @@ class Lab:
     """Prosody and/or Kamailio sharing one set of users, started by ``start()`` or ``with``.
 
     ``users`` is a list of names (each gets a random password) or a mapping name -> password.
-    ``xmpp`` / ``sip`` choose the servers; ``echo`` the demo contact's echo phone (only with SIP and a
-    user named ``echo``; it adds about 0.2 s to ``start()``). ``directory`` holds everything and is
+    ``xmpp`` / ``sip`` choose the servers; ``echo`` the demo contact (only with a user named ``echo``):
+    its echo phone with SIP, its chat echo with XMPP (each adds a fraction of a second to ``start()``;
+    a kept directory keeps the chat echo's OTR key). ``directory`` holds everything and is
     kept (reused, it keeps Prosody's accounts and data from earlier runs; the lab's users get their
     passwords set anew); without it the lab makes a temporary directory and deletes it, logs included, on
     ``stop()``. ``start()`` blocks for about half a second: from asyncio, run it in a thread.
@@ -87,12 +104,14 @@ class Lab:
         self._want_xmpp = xmpp
         self._want_sip = sip
         self._want_echo = echo and sip and ECHO_USER in passwords
+        self._want_chat_echo = echo and xmpp and ECHO_USER in passwords
         self.domain = domain
         self._given_directory = Path(directory) if directory is not None else None
         self._directory: Path | None = None
         self._prosody: ProsodyServer | None = None
         self._kamailio: KamailioServer | None = None
         self._echo: ManagedProcess | None = None
+        self._chat_echo: ManagedProcess | None = None
         self._started = False
 
     @property
@@ -134,10 +153,23 @@ class Lab:
         return self._echo
 
     @property
+    def chat_echo_jid(self) -> str:
+        """The demo contact's chat address (``echo@DOMAIN``); ``LabError`` unless the chat echo runs."""
+        if self._chat_echo is None or not self._started:
+            raise LabError("this lab runs no chat echo (start it, with xmpp=True, echo=True and a user 'echo')")
+        return self.xmpp.jid(ECHO_USER)
+
+    @property
+    def chat_echo_process(self) -> ManagedProcess | None:
+        """The chat echo's process (running or stopped), or None when the lab has none."""
+        return self._chat_echo
+
+    @property
     def processes(self) -> tuple[ManagedProcess, ...]:
         """The server processes started so far (running or stopped), for PIDs and log tails.
 
-        The echo phone is not a server: it is ``echo_process``.
+        The echo contacts are not servers: they are ``echo_process`` and ``chat_echo_process``.
+        After ``start_xmpp()`` the Prosody process is the new one.
         """
         servers = (self._prosody, self._kamailio)
         return tuple(server.process for server in servers if server is not None and server.process is not None)
@@ -155,6 +187,8 @@ class Lab:
             self._directory = self._make_directory()
             if self._want_xmpp:
                 self._start_prosody()
+                if self._want_chat_echo:
+                    self._start_chat_echo()
             if self._want_sip:
                 self._kamailio = KamailioServer(self._directory, self._passwords)
                 self._kamailio.start()
@@ -170,8 +204,10 @@ class Lab:
         """Stop every server (by process group) and delete a temporary directory; safe to repeat."""
         if not self._started:
             return
+        if self._chat_echo is not None:
+            self._chat_echo.stop()  # first: it logs out of the Prosody still running
         if self._echo is not None:
-            self._echo.stop()  # first: it un-REGISTERs at the Kamailio still running
+            self._echo.stop()  # before Kamailio: it un-REGISTERs there
         for server in (self._kamailio, self._prosody):
             if server is not None:
                 server.stop()
@@ -181,9 +217,23 @@ class Lab:
         log.info("lab stopped")
 
     def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last ``lines`` log lines of every server, one block each ("" before any started)."""
-        processes = (*self.processes, *([self._echo] if self._echo is not None else []))
-        return "\n".join(process.log_tail(lines) for process in processes)
+        """The last ``lines`` log lines of every server and echo contact, one block each ("" before any started).
+
+        Prosody's block covers its current run only (since the last ``start_xmpp()``)."""
+        contacts = [process for process in (self._echo, self._chat_echo) if process is not None]
+        return "\n".join(process.log_tail(lines) for process in (*self.processes, *contacts))
+
+    def stop_xmpp(self) -> None:
+        """Stop Prosody (its clients lose their sessions) until ``start_xmpp()``; nothing if it is stopped."""
+        self._running_prosody().stop()
+        log.info("XMPP server stopped (port %d kept for start_xmpp)", self.xmpp.port)
+
+    def start_xmpp(self) -> XmppService:
+        """Start Prosody again after ``stop_xmpp()``, on the same port with the same accounts, rosters and
+        offline messages; returns once it answers (nothing if it runs). ``LabError`` if it cannot."""
+        service = self._running_prosody().start_again()
+        log.info("XMPP server running again at %s:%d", service.host, service.port)
+        return service
 
     def __enter__(self) -> Lab:
         return self.start()
@@ -204,21 +254,45 @@ class Lab:
             self._prosody.register(name, password)
         self._prosody.start()
 
+    def _running_prosody(self) -> ProsodyServer:
+        if self._prosody is None or self._prosody.service is None or not self._started:
+            raise LabError("this lab runs no XMPP server (start it, with xmpp=True)")
+        return self._prosody
+
     def _start_echo(self) -> None:
         """The echo phone, registered at our Kamailio; returns once it says it is ready."""
-        password_path = self._directory / "echo.password"
+        self._echo = self._start_contact("echo phone", "echo", ECHO_READY_LINE, [
+            "lab.echo_phone",
+            "--registrar", self.sip.registrar_uri,
+            "--user", ECHO_USER,
+        ])
+
+    def _start_chat_echo(self) -> None:
+        """The chat echo, logged in at our Prosody; returns once it says it is ready."""
+        xmpp = self.xmpp
+        self._chat_echo = self._start_contact("chat echo", "chat-echo", CHAT_ECHO_READY_LINE, [
+            "lab.chat_echo",
+            "--jid", xmpp.jid(ECHO_USER),
+            "--host", xmpp.host,
+            "--port", str(xmpp.port),
+            "--ca", str(xmpp.ca_path),
+            "--state-dir", str(self._directory / CHAT_ECHO_STATE_DIRECTORY),
+        ])
+
+    def _start_contact(self, name: str, file_stem: str, ready_line: str, module_arguments: list[str]) -> ManagedProcess:
+        """``python -m MODULE ARGS --password-file F --log L`` as process ``name``, once it printed
+        ``ready_line``; one that fails to start is stopped here (its log tail is in the ``LabError``)."""
+        password_path = self._directory / f"{file_stem}.password"
         password_path.unlink(missing_ok=True)  # a kept directory: a fresh file, created 0600
         descriptor = os.open(password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as password_file:
             password_file.write(self._passwords[ECHO_USER] + "\n")
-        log_path = self._directory / "echo.log"
+        log_path = self._directory / f"{file_stem}.log"
         python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
-        self._echo = ManagedProcess(
-            "echo phone",
+        process = ManagedProcess(
+            name,
             [
-                sys.executable, "-m", "lab.echo_phone",
-                "--registrar", self.sip.registrar_uri,
-                "--user", ECHO_USER,
+                sys.executable, "-m", *module_arguments,
                 "--password-file", str(password_path),
                 "--log", str(log_path),  # its log lines; its standard output and errors join them there
             ],
@@ -227,10 +301,14 @@ class Lab:
             env={**os.environ, "PYTHONPATH": python_path},
         )
         try:
-            self._echo.start()
-            self._echo.wait_ready(lambda: ECHO_READY_LINE in self._echo.log_text(), ECHO_READY_TIMEOUT_SECONDS)
+            process.start()
+            process.wait_ready(lambda: ready_line in process.log_text(), ECHO_READY_TIMEOUT_SECONDS)
+        except BaseException:
+            process.stop()
+            raise
         finally:
             password_path.unlink(missing_ok=True)  # read by now (or never needed again)
+        return process
 
     def _summary(self) -> str:
         parts = []
@@ -240,5 +318,7 @@ class Lab:
             parts.append(f"SIP at {self.sip.host}:{self.sip.port}")
         if self._echo is not None:
             parts.append("echo phone registered")
+        if self._chat_echo is not None:
+            parts.append("chat echo logged in")
         parts.append(f"users {', '.join(self._passwords)}")
         return "; ".join(parts)

@@ -52,7 +52,8 @@ class XmppService:
 
 
 class ProsodyServer:
-    """Prosody for ``domain`` in ``directory`` (which must exist): ``register`` users, ``start``, ``stop``."""
+    """Prosody for ``domain`` in ``directory`` (which must exist): ``register`` users, ``start``, ``stop``,
+    ``start_again`` (on the same port)."""
 
     def __init__(self, directory: Path, domain: str, certificates: LabCertificates):
         self.directory = Path(directory)
@@ -94,9 +95,33 @@ class ProsodyServer:
         return self.service
 
     def stop(self) -> None:
-        """Stop Prosody if it runs (idempotent)."""
+        """Stop Prosody if it runs (idempotent); ``start_again()`` brings it back on the same port."""
         if self.process is not None:
             self.process.stop()
+
+    def start_again(self) -> XmppService:
+        """Start the stopped Prosody again on the port it had (accounts, rosters and offline messages
+        are in ``data_path`` and survive); nothing if it runs. ``LabError`` (with the log tail) when
+        it does not open streams in time, for instance because another program took the port."""
+        if self.process is None or self.service is None:
+            raise LabError("Prosody was never started: start() it first")
+        if self.process.running:
+            return self.service
+        port = self.service.port
+        process = self._launch(port)
+        self.process = process
+
+        def ready() -> bool:
+            if PORT_TAKEN_MARKER in process.log_text():
+                raise LabError(f"prosody cannot listen on its port {port} again\n{process.log_tail()}")
+            return xmpp_stream_opens(LOOPBACK, port, self.domain)
+
+        try:
+            process.wait_ready(ready, PROSODY_READY_TIMEOUT_SECONDS)
+        except BaseException:
+            process.stop()
+            raise
+        return self.service
 
     def _launch(self, port: int) -> ManagedProcess:
         self._port = port

@@ -254,7 +254,7 @@ class CallsUnit(Unit):
         media = MediaSession(bind_address=self._media_address(account), zid_cache=self._cache(),
                              self_uri=zid_cache_uri(f"sip:{account.address}"), peer_uri=zid_cache_uri(peer_uri),
                              on_event=lambda event: None, device_rate=self._config["audio.rate"],
-                             allow_plain=account.plain_calls)
+                             allow_plain=account.allow_plain)
         await media.open()
         return media
 
@@ -300,7 +300,7 @@ class CallsUnit(Unit):
             self._audio.media = call.media.exchange
         elif isinstance(event, MediaNotEncrypted):
             self._update(call, security="not_encrypted", reason=event.reason)
-            if call.account.plain_calls:
+            if call.account.allow_plain:
                 self._audio.media = call.media.exchange
             else:
                 self._agent.hangup(call.view.call_id, NOT_ACCEPTABLE, "Encryption required")
@@ -331,7 +331,7 @@ class CallsUnit(Unit):
         if account is None:
             self._agent.reject(event.call_id, 404, "Not here")
             return
-        if (remote is None or remote.zrtp_hash is None) and not account.plain_calls:
+        if (remote is None or remote.zrtp_hash is None) and not account.allow_plain:
             # Refused before it rings: the caller's phone shows why; ours notes a refused call.
             self._agent.reject(event.call_id, NOT_ACCEPTABLE, "ZRTP required")
             self._post(fx.CallChanged(fx.CallView(event.call_id, _peer_name(event.remote_uri), True, "ended",

@@ -117,6 +117,9 @@ SCHEMA: tuple[Setting, ...] = (
             "our address in SDP and for RTP (empty: the address of the interface that reaches the registrar)", text),
     Setting("calls.ca_file", "/etc/ssl/certs/ca-certificates.crt",
             "CAs that verify a TLS SIP server (accounts with a TLS pin check the pin instead)", text),
+    Setting("chat.enabled", True, "XMPP chat with OTR (slixmpp, libotr)", flag),
+    Setting("chat.ca_file", "", "CA certificates (PEM) that XMPP servers are verified against; empty: "
+            "the system's (an account's TLS pin replaces it)", text),
     Setting("lab.enabled", False, "start the built-in lab (local Prosody and Kamailio) with the phone", flag),
 )
 

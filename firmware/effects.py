@@ -256,3 +256,198 @@ class LabOffer:
     users: frozenset[str]
     accounts: tuple = field(repr=False)
     contacts: tuple = ()
+    domain: str = ""
+    """The lab's XMPP domain (its chat addresses are user@domain)."""
+
+# Requests to the chat unit (firmware/chat_unit.py). ``account`` is the XMPP account's address,
+# ``peer`` a contact's bare XMPP address.
+
+
+@dataclass(frozen=True)
+class SendChat:
+    account: str
+    peer: str
+    text: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SetEncryption:
+    """Start (``on``) or end the private (OTR) conversation with ``peer``."""
+
+    account: str
+    peer: str
+    on: bool
+
+
+@dataclass(frozen=True)
+class AnswerSubscription:
+    """``peer`` asked to see our presence: authorise, deny, or ignore (leave it pending)."""
+
+    account: str
+    peer: str
+    answer: Literal["authorise", "deny", "ignore"]
+
+
+@dataclass(frozen=True)
+class TrustFingerprint:
+    """The owner compared ``fingerprint`` with the peer's own (by other means) and says it matches or not."""
+
+    account: str
+    peer: str
+    fingerprint: str
+    trusted: bool
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    """Start OTR's SMP: with ``question`` (the peer sees it and types the answer) or, None, a shared secret."""
+
+    account: str
+    peer: str
+    secret: str = field(repr=False)
+    question: str | None = None
+
+
+@dataclass(frozen=True)
+class AnswerAuthentication:
+    account: str
+    peer: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class NewChatKey:
+    """Replace the account's OTR key (every contact then sees a changed key)."""
+
+    account: str
+
+
+@dataclass(frozen=True)
+class RegisterAccount:
+    """Create ``account`` on its XMPP server (XEP-0077); AccountRegistered or ChatFailed answers."""
+
+    account: Any = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ChangePassword:
+    """Set a new password on the XMPP server; PasswordChanged or ChatFailed answers."""
+
+    account: str
+    new: str = field(repr=False)
+
+
+CHAT_EFFECTS = (SendChat, SetEncryption, AnswerSubscription, TrustFingerprint, Authenticate, AnswerAuthentication,
+                NewChatKey, RegisterAccount, ChangePassword)
+
+# Answers from the chat unit.
+
+ChatSecurity = Literal["plaintext", "encrypted", "verified", "key_changed", "finished"]
+LineStatus = Literal["queued", "sent", "delivered", "received", "plain", "notice"]
+
+
+@dataclass(frozen=True)
+class ChatLine:
+    """One line of a conversation. ``status``: an outgoing message is queued (waiting for a private
+    conversation or the server), sent, then delivered (the peer's client confirmed it); an incoming
+    one was received encrypted, or arrived as plain text (shown flagged); a notice is the phone
+    speaking (key changed, authenticated...)."""
+
+    when: float
+    incoming: bool
+    text: str = field(repr=False)
+    status: LineStatus
+    message_id: str = ""
+
+    def to_dict(self) -> dict:
+        return {"when": self.when, "incoming": self.incoming, "text": self.text, "status": self.status,
+                "id": self.message_id}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ChatLine":
+        status = str(data["status"])
+        if status not in ("queued", "sent", "delivered", "received", "plain", "notice"):
+            raise ValueError("unknown line status")
+        return cls(float(data["when"]), bool(data["incoming"]), str(data["text"]), status, str(data.get("id", "")))
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    """How a conversation stands. ``security``: plaintext (no private conversation), encrypted (OTR,
+    the peer's key not verified), verified, key_changed (a known contact's key changed: not
+    verified until checked again), finished (the peer ended it: nothing is sent until restarted).
+    ``asks``: the peer's pending SMP question ("" for a shared secret, None when nothing is asked)."""
+
+    account: str
+    peer: str
+    security: ChatSecurity = "plaintext"
+    fingerprint: str = ""
+    asks: str | None = None
+
+
+@dataclass(frozen=True)
+class ConversationChanged:
+    view: ConversationView
+
+
+@dataclass(frozen=True)
+class ChatLineAdded:
+    account: str
+    peer: str
+    line: ChatLine
+
+
+@dataclass(frozen=True)
+class ChatLineStatus:
+    account: str
+    peer: str
+    message_id: str
+    status: LineStatus
+
+
+@dataclass(frozen=True)
+class ChatHistory:
+    """The kept conversations (message history on), read from the store at unlock: (account, peer, line)."""
+
+    lines: tuple[tuple[str, str, ChatLine], ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ChatKey:
+    """The account's own OTR fingerprint (five groups of eight hex digits)."""
+
+    account: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class SubscriptionAsked:
+    account: str
+    peer: str
+
+
+@dataclass(frozen=True)
+class RosterShown:
+    """Each roster entry's standing: both, from (they see us), to (we see them), waiting (we asked,
+    no answer yet), none (refused or ended)."""
+
+    account: str
+    entries: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class AccountRegistered:
+    account: Any = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PasswordChanged:
+    address: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ChatFailed:
+    """A chat request could not be done: ``message`` says what and why (no secret in it)."""
+
+    message: str

@@ -48,12 +48,15 @@ class Account:
     address: str
     password: str = field(default="", repr=False)
     remember_password: bool = True
-    plain_calls: bool = False
-    """Allow calls without ZRTP (shown NOT ENCRYPTED throughout); refused by default."""
+    allow_plain: bool = False
+    """SIP: allow calls without ZRTP; XMPP: allow messages without OTR. Either is shown NOT
+    ENCRYPTED throughout; refused by default (calls refused, messages never sent in the clear)."""
     transport: str = "udp"
     """How a SIP account reaches its server: udp, tcp or tls (verified: ``tls_pin`` or the system CAs)."""
     tls_pin: str = ""
     """SHA-256 of the server's certificate (64 hex digits), for servers outside the public CAs."""
+    server: str = ""
+    """XMPP: where to connect, "host" or "host:port", when not the address's domain on port 5222."""
 
     @property
     def label(self) -> str:
@@ -62,8 +65,12 @@ class Account:
 
 @dataclass(frozen=True)
 class Contact:
+    """Someone to call (``address``, SIP) and/or chat with (``chat``, an XMPP address); at least one."""
+
     name: str
-    address: str
+    address: str = ""
+    chat: str = ""
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,8 +112,28 @@ def check_address(kind: str, address: str) -> str:
     return address
 
 
+def check_server(server: str) -> str:
+    """"" or "host" or "host:port" (port 1-65535)."""
+    server = check_text("server", server, required=False)
+    if not server:
+        return server
+    host, colon, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+    if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host) or (colon and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ProfileError("server must be host or host:port")
+    return server
+
+
+def split_server(server: str, default_host: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of a checked ``server``, the defaults where it says nothing."""
+    if not server:
+        return default_host, default_port
+    host, colon, port = server.rpartition(":")
+    return (host, int(port)) if colon else (server, default_port)
+
+
 def make_account(kind: str, address: str, password: str, *, remember_password: bool = True,
-                 plain_calls: bool = False, transport: str = "udp", tls_pin: str = "") -> Account:
+                 allow_plain: bool = False, transport: str = "udp", tls_pin: str = "",
+                 server: str = "") -> Account:
     if kind not in ACCOUNT_KINDS:
         raise ProfileError(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}")
     if transport not in SIP_TRANSPORTS:
@@ -115,11 +142,17 @@ def make_account(kind: str, address: str, password: str, *, remember_password: b
     if pin and not re.fullmatch(r"[0-9a-f]{64}", pin):
         raise ProfileError("TLS pin must be a SHA-256 in hex (64 digits)")
     return Account(kind, check_address(kind, address), check_text("password", password, required=False),
-                   bool(remember_password), bool(plain_calls) and kind == "sip", transport, pin)
+                   bool(remember_password), bool(allow_plain), transport, pin,
+                   check_server(server) if kind == "xmpp" else "")
 
 
-def make_contact(name: str, address: str) -> Contact:
-    return Contact(check_text("name", name), check_address("contact", address))
+def make_contact(name: str, address: str = "", chat: str = "", group: str = "") -> Contact:
+    address = check_text("address", address, required=False)
+    chat = check_text("chat address", chat, required=False)
+    if not address and not chat:
+        raise ProfileError("a contact needs an address or a chat address")
+    return Contact(check_text("name", name), check_address("contact", address) if address else "",
+                   check_address("contact", chat) if chat else "", check_text("group", group, required=False))
 
 
 def to_record(part: str, value: Any) -> bytes:
@@ -128,10 +161,10 @@ def to_record(part: str, value: Any) -> bytes:
         data: Any = {f.name: getattr(value, f.name) for f in fields(Settings)}
     elif part == ACCOUNTS_RECORD:
         data = [{"kind": a.kind, "address": a.address, "remember_password": a.remember_password,
-                 "plain_calls": a.plain_calls, "transport": a.transport, "tls_pin": a.tls_pin,
+                 "allow_plain": a.allow_plain, "transport": a.transport, "tls_pin": a.tls_pin, "server": a.server,
                  **({"password": a.password} if a.remember_password else {})} for a in value]
     elif part == CONTACTS_RECORD:
-        data = [{"name": c.name, "address": c.address} for c in value]
+        data = [{"name": c.name, "address": c.address, "chat": c.chat, "group": c.group} for c in value]
     else:
         raise ProfileError(f"unknown profile record {part!r}")
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
@@ -149,11 +182,13 @@ def from_record(part: str, raw: bytes, defaults: Settings) -> Any:
         if part == ACCOUNTS_RECORD:
             return tuple(make_account(a["kind"], a["address"], a.get("password", ""),
                                       remember_password=a["remember_password"] is True,
-                                      plain_calls=a.get("plain_calls", False) is True,
-                                      transport=a.get("transport", "udp"), tls_pin=a.get("tls_pin", ""))
+                                      allow_plain=a.get("allow_plain", False) is True,
+                                      transport=a.get("transport", "udp"), tls_pin=a.get("tls_pin", ""),
+                                      server=a.get("server", ""))
                          for a in _list(data))
         if part == CONTACTS_RECORD:
-            return tuple(make_contact(c["name"], c["address"]) for c in _list(data))
+            return tuple(make_contact(c["name"], c.get("address", ""), c.get("chat", ""), c.get("group", ""))
+                         for c in _list(data))
     except (KeyError, TypeError, AttributeError):
         raise ProfileError(f"record {part!r} misses a field or has a wrong type") from None
     except ProfileError as e:

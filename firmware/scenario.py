@@ -52,7 +52,7 @@ from firmware.units import DisplayUnit
 SCENARIO_EPOCH = 1795686060.0  # Thu 26 Nov 2026 09:41 UTC
 WAIT_TIMEOUT_S = 5.0
 AWAIT_TIMEOUT_S = 120.0
-SCREENS = ("boot", "pin", "working", "home", "menu", "section", "form", "edit")
+SCREENS = ("boot", "pin", "working", "home", "menu", "section", "form", "edit", "dial", "chat", "list")
 SCENARIO_PIN = "123456"
 SCENARIO_KDF = {"security__kdf_target_ms": 20, "security__kdf_memory_mib": 8}
 """Scenarios unlock often; the product's 1 s Argon2id would only make them slow."""

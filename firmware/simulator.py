@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
 import logging
 import os
+import ssl
 import sys
 import tempfile
 import textwrap
@@ -104,12 +106,23 @@ async def _start_lab(run_dir: Path, panel: PanelUnit, supervisor: Supervisor) ->
 
 
 def lab_offer(lab) -> LabOffer:
-    """The lab's SIP account for alice and its other users as contacts, for the phone's profile."""
-    sip = lab.sip
+    """The lab's SIP and XMPP accounts for alice and its other users as contacts, for the phone's profile.
+
+    The XMPP account trusts the lab's server by a pin of its certificate: the phone's CA list
+    stays the system's.
+    """
+    from lab.certs import CERT_FILE
+
+    sip, xmpp = lab.sip, lab.xmpp
     address = f"{{}}@{sip.host}:{sip.port}".format
-    contacts = tuple(Contact(f"{user.capitalize()} (lab)", address(user)) for user in lab.users if user != LAB_SELF)
-    return LabOffer(sip.host, frozenset(lab.users), (Account("sip", address(LAB_SELF), lab.users[LAB_SELF]),),
-                    contacts)
+    pem = (xmpp.ca_path.parent / CERT_FILE).read_text()
+    pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+    accounts = (Account("sip", address(LAB_SELF), lab.users[LAB_SELF]),
+                Account("xmpp", xmpp.jid(LAB_SELF), lab.users[LAB_SELF], tls_pin=pin,
+                        server=f"{xmpp.host}:{xmpp.port}"))
+    contacts = tuple(Contact(f"{user.capitalize()} (lab)", address(user), xmpp.jid(user), "lab")
+                     for user in lab.users if user != LAB_SELF)
+    return LabOffer(sip.host, frozenset(lab.users), accounts, contacts, domain=xmpp.domain)
 
 
 async def run(config: Config, run_dir: Path) -> None:

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from drivers.keys.events import KeyEvent
+from firmware import conversations as chat
 from firmware import effects as fx
-from firmware.profile import (ACCOUNTS_RECORD, CONTACTS_RECORD, SETTINGS_RECORD, SIP_TRANSPORTS, Account, Profile,
-                              ProfileError, Settings, check_text, make_account, make_contact)
+from firmware.conversations import Conversation
+from firmware.profile import (ACCOUNTS_RECORD, CONTACTS_RECORD, SETTINGS_RECORD, SIP_TRANSPORTS, Account, Contact,
+                              Profile, ProfileError, Settings, check_text, make_account, make_contact)
 from firmware.text_entry import TextEntry
 
-Screen = Literal["boot", "pin", "working", "home", "menu", "section", "form", "edit", "dial"]
+Screen = Literal["boot", "pin", "working", "home", "menu", "section", "form", "edit", "dial", "chat", "list"]
 
 MENU = ("Contacts", "Calls", "Messages", "Accounts", "Settings", "Security")
 PIN_MAX_DIGITS = 32
@@ -35,6 +37,8 @@ LOCK_AFTER_CHOICES = (30, 60, 120, 300, 600, 0)
 TEXT_MAX = 200
 DIAL_MAX_DIGITS = 32
 CALL_LOG_SHOWN = 50
+CHAT_ROWS = 3
+"""Message rows under the conversation's security line."""
 CALL_ENDED_SHOWN_S = 3.0
 """How long "Call ended" stays on the screen (a key dismisses it sooner)."""
 
@@ -95,6 +99,8 @@ class FormField:
     value: str | bool = field(repr=False)
     kind: Literal["text", "secret", "toggle", "choice"] = "text"
     choices: tuple[str, ...] = ()
+    only: str = ""
+    """Shown only for this kind of account ("sip" or "xmpp"); "" for every kind."""
 
     @property
     def shown(self) -> str:
@@ -116,10 +122,18 @@ class Form:
     problem: str = ""
 
     @property
+    def shown_fields(self) -> tuple[FormField, ...]:
+        kind = self.value("kind") if self.kind == "account" else ""
+        return tuple(f for f in self.fields if not f.only or f.only == kind)
+
+    @property
     def actions(self) -> tuple[str, ...]:
+        xmpp = self.kind == "account" and self.value("kind") == "xmpp"
         if self.index is None:
-            return ("Save",)
-        return ("Call", "Save", "Delete") if self.kind == "contact" else ("Save", "Delete")
+            return ("Save", "Register") if xmpp else ("Save",)
+        if self.kind == "contact":
+            return ("Call", "Chat", "Save", "Delete")
+        return ("Save", "Delete", "New password") if xmpp else ("Save", "Delete")
 
     def value(self, name: str) -> str | bool:
         return next(f.value for f in self.fields if f.name == name)
@@ -127,7 +141,9 @@ class Form:
 
 @dataclass(frozen=True)
 class Editor:
-    """Text typed into one target: ("field", i) of the form, ("setting", name) or ("password", account i)."""
+    """Text typed into one target: ("field", name) of the form, ("setting", name), ("password", account i),
+    ("message", account, peer), ("question", account, peer), ("secret", account, peer, question or None),
+    ("answer", account, peer) or ("new_password", account i)."""
 
     target: tuple
     label: str
@@ -140,6 +156,16 @@ class Item:
 
     label: str
     action: tuple = ()
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The "list" screen: a titled list for one subject (a conversation's actions, a request to answer)."""
+
+    title: str
+    items: tuple[Item, ...]
+    selected: int = 0
+    back: Screen = "section"
 
 
 @dataclass(frozen=True)
@@ -172,6 +198,18 @@ class PhoneState:
     lab_offer: fx.LabOffer | None = None
     call_log: tuple[fx.CallRecord, ...] = ()
     """Only with call history on (loaded from and kept in the encrypted store), oldest first."""
+    chats: tuple[Conversation, ...] = field(default=(), repr=False)
+    """Conversations, the most recently active last (memory; the store keeps them with history on)."""
+    chat_keys: tuple[tuple[str, str], ...] = ()
+    """(XMPP account, its own OTR fingerprint)."""
+    chat_requests: tuple[tuple[str, str], ...] = ()
+    """(account, peer) subscription requests waiting for Authorise / Deny / Ignore."""
+    rosters: tuple[tuple[str, str, str], ...] = ()
+    """(account, peer, standing): both, from, to, waiting or none."""
+    chat_open: tuple[str, str] | None = None
+    chat_scroll: int = 0
+    """Rows scrolled back from the newest in the open conversation."""
+    choices: Choices | None = None
     off_hook: bool = False
     screen_on: bool = True
     idle_since: float = 0.0
@@ -260,7 +298,7 @@ def _should_lock(state: PhoneState, idle: float) -> bool:
 def _lock(state: PhoneState) -> PhoneState:
     """Hide everything behind the PIN; calls and chat keep running underneath."""
     return replace(state, screen="pin", pin=PinEntry("lock"), locked=True, form=None, editor=None,
-                   toast="", password_queue=())
+                   toast="", password_queue=(), choices=None, chat_open=None)
 
 
 # Keys
@@ -399,6 +437,8 @@ def _hook(state: PhoneState, lifted: bool) -> PhoneState:
 
 def _call_contact(state: PhoneState, index: int) -> PhoneState:
     contact = state.profile.contacts[index]
+    if not contact.address:
+        return replace(state, toast="No call address")
     return _place_call(state, sip_account(state), f"sip:{contact.address}")
 
 
@@ -449,10 +489,10 @@ def _merge_lab(state: PhoneState) -> PhoneState:
 
     def from_a_lab(address: str) -> bool:
         user, _, host_port = address.partition("@")
-        return user in offer.users and host_port.rsplit(":", 1)[0] == offer.host
+        return user in offer.users and host_port.rsplit(":", 1)[0] in (offer.host, offer.domain)
 
     accounts = tuple(a for a in profile.accounts if not from_a_lab(a.address)) + offer.accounts
-    contacts = tuple(c for c in profile.contacts if not from_a_lab(c.address)) + offer.contacts
+    contacts = tuple(c for c in profile.contacts if not from_a_lab(c.address or c.chat)) + offer.contacts
     state = replace(state, lab_offer=None)
     if (accounts, contacts) == (profile.accounts, profile.contacts):
         return state
@@ -496,7 +536,7 @@ def section_items(state: PhoneState) -> tuple[Item, ...]:
     profile = state.profile or Profile()
     section = state.section
     if section == "Contacts":
-        return (*(Item(c.name, ("edit_contact", i)) for i, c in enumerate(profile.contacts)),
+        return (*(Item(_contact_line(state, c), ("edit_contact", i)) for i, c in enumerate(profile.contacts)),
                 Item("+ Add contact", ("new_contact",)))
     if section == "Calls":
         missed = tuple(Item(f"Missed: {peer}") for peer in reversed(state.missed_calls))
@@ -505,7 +545,7 @@ def section_items(state: PhoneState) -> tuple[Item, ...]:
         return (*missed, *logged, *empty, Item(f"Call history: {_on_off(profile.settings.call_history)}",
                                                ("toggle", "call_history")))
     if section == "Messages":
-        return (Item("No messages."), Item(f"Msg history: {_on_off(profile.settings.message_history)}"))
+        return _messages_items(state)
     if section == "Accounts":
         return (*(Item(_account_line(state, a), ("edit_account", i)) for i, a in enumerate(profile.accounts)),
                 Item("+ Add account", ("new_account",)))
@@ -584,10 +624,9 @@ def _section_action(state: PhoneState, action: tuple) -> PhoneState:
     if verb == "edit_account":
         return _open_form(state, _account_form(args[0], profile.accounts[args[0]]))
     if verb == "new_contact":
-        return _open_form(state, _contact_form(None, "", ""))
+        return _open_form(state, _contact_form(None, None))
     if verb == "edit_contact":
-        contact = profile.contacts[args[0]]
-        return _open_form(state, _contact_form(args[0], contact.name, contact.address))
+        return _open_form(state, _contact_form(args[0], profile.contacts[args[0]]))
     if verb == "toggle":
         return _save_settings(state, replace(state.settings, **{args[0]: not getattr(state.settings, args[0])}))
     if verb == "cycle":
@@ -598,12 +637,13 @@ def _section_action(state: PhoneState, action: tuple) -> PhoneState:
     if verb == "edit_setting":
         return _open_editor(state, ("setting", args[0]), "Name", getattr(state.settings, args[0]), secret=False)
     if verb == "erase_history":
-        return _request(replace(state, toast="Erasing...", call_log=()), fx.EraseHistory())
+        return _request(replace(state, toast="Erasing...", call_log=(), chats=chat.without_lines(state.chats)),
+                        fx.EraseHistory())
     if verb == "flow":
         return replace(state, screen="pin", pin=PinEntry(args[0]))
     if verb == "lock":
         return _lock(state)
-    return state
+    return _chat_action(state, verb, args)
 
 
 def _save_settings(state: PhoneState, settings: Settings) -> PhoneState:
@@ -619,19 +659,25 @@ def _save_part(state: PhoneState, part: str, value) -> PhoneState:
 
 
 def _account_form(index: int | None, account: Account | None) -> Form:
+    """SIP and XMPP accounts show the same number of fields (Transport for one, Server for the other)."""
     return Form("account", (
         FormField("kind", "Type", account.kind if account else "sip", "choice", ("sip", "xmpp")),
         FormField("address", "Address", account.address if account else ""),
         FormField("password", "Password", account.password if account else "", "secret"),
         FormField("remember", "Remember pw", account.remember_password if account else True, "toggle"),
-        FormField("plain", "Plain calls", account.plain_calls if account else False, "toggle"),
-        FormField("transport", "Transport", account.transport if account else "udp", "choice", SIP_TRANSPORTS),
+        FormField("plain", "Allow plain", account.allow_plain if account else False, "toggle"),
+        FormField("transport", "Transport", account.transport if account else "udp", "choice", SIP_TRANSPORTS,
+                  only="sip"),
+        FormField("server", "Server", account.server if account else "", only="xmpp"),
         FormField("tls_pin", "TLS pin", account.tls_pin if account else ""),
     ), index)
 
 
-def _contact_form(index: int | None, name: str, address: str) -> Form:
-    return Form("contact", (FormField("name", "Name", name), FormField("address", "Address", address)), index)
+def _contact_form(index: int | None, contact: Contact | None) -> Form:
+    return Form("contact", (FormField("name", "Name", contact.name if contact else ""),
+                            FormField("address", "Address", contact.address if contact else ""),
+                            FormField("chat", "Chat", contact.chat if contact else ""),
+                            FormField("group", "Group", contact.group if contact else "")), index)
 
 
 def _open_form(state: PhoneState, form: Form) -> PhoneState:
@@ -640,12 +686,13 @@ def _open_form(state: PhoneState, form: Form) -> PhoneState:
 
 def form_lines(form: Form) -> tuple[str, ...]:
     """The form's lines: each field as "label: value", then its actions."""
-    return (*(f"{f.label}: {f.shown}" for f in form.fields), *form.actions)
+    return (*(f"{f.label}: {f.shown}" for f in form.shown_fields), *form.actions)
 
 
 def _form_key(state: PhoneState, key: str) -> PhoneState:
     form = state.form
-    count = len(form.fields) + len(form.actions)
+    shown = form.shown_fields
+    count = len(shown) + len(form.actions)
     if key == "back":
         return replace(state, screen="section", form=None)
     if key in MOVE_UP:
@@ -654,21 +701,21 @@ def _form_key(state: PhoneState, key: str) -> PhoneState:
         return replace(state, form=replace(form, selected=min(count - 1, form.selected + 1)))
     if key != "ok":
         return state
-    if form.selected >= len(form.fields):
-        return _form_action(state, form.actions[form.selected - len(form.fields)])
-    chosen = form.fields[form.selected]
+    if form.selected >= len(shown):
+        return _form_action(state, form.actions[form.selected - len(shown)])
+    chosen = shown[form.selected]
     if chosen.kind == "toggle":
-        return _set_field(state, form.selected, not chosen.value)
+        return _set_field(state, chosen.name, not chosen.value)
     if chosen.kind == "choice":
-        return _set_field(state, form.selected, chosen.choices[(chosen.choices.index(chosen.value) + 1)
-                                                                % len(chosen.choices)])
-    return _open_editor(state, ("field", form.selected), chosen.label, str(chosen.value),
+        return _set_field(state, chosen.name, chosen.choices[(chosen.choices.index(chosen.value) + 1)
+                                                              % len(chosen.choices)])
+    return _open_editor(state, ("field", chosen.name), chosen.label, str(chosen.value),
                         secret=chosen.kind == "secret")
 
 
-def _set_field(state: PhoneState, index: int, value: str | bool) -> PhoneState:
+def _set_field(state: PhoneState, name: str, value: str | bool) -> PhoneState:
     form = state.form
-    fields = tuple(replace(f, value=value) if i == index else f for i, f in enumerate(form.fields))
+    fields = tuple(replace(f, value=value) if f.name == name else f for f in form.fields)
     return replace(state, form=replace(form, fields=fields, problem=""))
 
 
@@ -679,17 +726,27 @@ def _form_action(state: PhoneState, action: str) -> PhoneState:
     entries = list(profile.part(part))
     if action == "Call":
         return _call_contact(replace(state, screen="section", form=None), form.index)
+    if action == "Chat":
+        return _chat_with_contact(state, profile.contacts[form.index])
+    if action == "New password":
+        return _open_editor(state, ("new_password", form.index), "New password", "", secret=True)
     if action == "Delete":
         del entries[form.index]
     else:
         try:
             entry = (make_account(form.value("kind"), form.value("address"), form.value("password"),
-                                  remember_password=form.value("remember"), plain_calls=form.value("plain"),
-                                  transport=form.value("transport"), tls_pin=form.value("tls_pin"))
+                                  remember_password=form.value("remember"), allow_plain=form.value("plain"),
+                                  transport=form.value("transport"), tls_pin=form.value("tls_pin"),
+                                  server=form.value("server"))
                      if form.kind == "account"
-                     else make_contact(form.value("name"), form.value("address")))
+                     else make_contact(form.value("name"), form.value("address"), form.value("chat"),
+                                       form.value("group")))
         except ProfileError as e:
             return replace(state, form=replace(form, problem=str(e)))
+        if action == "Register":
+            if not entry.password:
+                return replace(state, form=replace(form, problem="choose a password"))
+            return _request(replace(state, form=replace(form, problem="Registering...")), fx.RegisterAccount(entry))
         if form.index is None:
             entries.append(entry)
         else:
@@ -716,7 +773,15 @@ def _edit_key(state: PhoneState, key: str) -> PhoneState:
 
 
 def _commit_editor(state: PhoneState, text: str) -> PhoneState:
-    kind, target = state.editor.target
+    kind, target, *more = state.editor.target
+    if kind in CHAT_EDITS:
+        return _commit_chat_edit(state, kind, (target, *more), text)
+    if kind == "new_password":
+        if not text:
+            return replace(state, toast="choose a password")
+        address = state.profile.accounts[target].address
+        return _request(replace(state, screen="form", editor=None, form=replace(state.form, problem="Changing...")),
+                        fx.ChangePassword(address, text))
     if kind == "field":
         return replace(_set_field(state, target, text), screen="form", editor=None)
     if kind == "setting":
@@ -730,8 +795,10 @@ def _commit_editor(state: PhoneState, text: str) -> PhoneState:
 
 
 def _close_editor(state: PhoneState) -> PhoneState:
-    kind, _ = state.editor.target
-    if kind == "field":
+    kind = state.editor.target[0]
+    if kind in CHAT_EDITS:
+        return replace(state, screen="chat", editor=None)
+    if kind in ("field", "new_password"):
         return replace(state, screen="form", editor=None)
     if kind == "setting":
         return replace(state, screen="section", editor=None)
@@ -813,6 +880,246 @@ def _unavailable(state: PhoneState, event: fx.Unavailable) -> PhoneState:
     return _store_failed(state, fx.StoreFailed(f"unavailable: {event.reason}"))
 
 
+# Chat
+
+
+def chat_account(state: PhoneState) -> Account | None:
+    """The account chats are started from: the first XMPP account."""
+    return next((a for a in state.accounts if a.kind == "xmpp"), None)
+
+
+def peer_name(state: PhoneState, peer: str) -> str:
+    """A contact's name for an XMPP address, else the address."""
+    return next((c.name for c in state.profile.contacts if c.chat == peer), peer) if state.profile else peer
+
+
+def standing(state: PhoneState, account: str, peer: str) -> str:
+    return next((s for a, p, s in state.rosters if a == account and p == peer), "")
+
+
+def _contact_line(state: PhoneState, contact: Contact) -> str:
+    account = chat_account(state)
+    waiting = contact.chat and account and standing(state, account.address, contact.chat) == "waiting"
+    return f"{contact.name} (waiting)" if waiting else contact.name
+
+
+def _messages_items(state: PhoneState) -> tuple[Item, ...]:
+    requests = tuple(Item(f"? {peer}", ("subscription", account, peer)) for account, peer in state.chat_requests)
+    chats = tuple(Item(conversation_line(state, c), ("open_chat", c.account, c.peer)) for c in reversed(state.chats))
+    start = (Item("+ New chat", ("new_chat",)),) if chat_account(state) else (Item("No chat account."),)
+    keys = tuple(Item(f"My key {fingerprint[:8].upper()}", ("my_key", account))
+                 for account, fingerprint in state.chat_keys)
+    history = Item(f"Msg history: {_on_off(state.settings.message_history)}", ("toggle", "message_history"))
+    return (*requests, *chats, *start, *keys, history)
+
+
+def conversation_line(state: PhoneState, conversation: Conversation) -> str:
+    unread = f" ({conversation.unread})" if conversation.unread else ""
+    return f"{chat.SECURITY_MARK[conversation.security]} {peer_name(state, conversation.peer)}{unread}"
+
+
+def unread_line(state: PhoneState) -> str:
+    count = chat.unread_total(state.chats)
+    return f"{count} new message{'s' if count > 1 else ''}" if count else ""
+
+
+def _chat_with_contact(state: PhoneState, contact: Contact) -> PhoneState:
+    account = chat_account(state)
+    if account is None:
+        return replace(state, toast="No chat account")
+    if not contact.chat:
+        return replace(state, toast="No chat address")
+    return _open_chat(replace(state, form=None), account.address, contact.chat)
+
+
+def _open_chat(state: PhoneState, account: str, peer: str) -> PhoneState:
+    chats = state.chats
+    conversation = chat.find(chats, (account, peer))
+    if conversation is not None and conversation.unread:
+        chats = tuple(replace(c, unread=0) if c is conversation else c for c in chats)
+    return replace(state, screen="chat", chat_open=(account, peer), chat_scroll=0, chats=chats, choices=None)
+
+
+def open_conversation(state: PhoneState) -> Conversation:
+    return chat.find(state.chats, state.chat_open) or Conversation(*state.chat_open)
+
+
+def _chat_key(state: PhoneState, key: str) -> PhoneState:
+    account, peer = state.chat_open
+    if key == "back":
+        return replace(state, screen="section", chat_open=None)
+    if key == "ok":
+        return _open_editor(state, ("message", account, peer), f"To {peer_name(state, peer)}", "", secret=False)
+    if key == "#":
+        return _open_choices(state, peer_name(state, peer), _conversation_actions(state), back="chat")
+    rows = len(chat.wrapped(open_conversation(state).lines))
+    if key in MOVE_UP:
+        return replace(state, chat_scroll=min(max(0, rows - CHAT_ROWS), state.chat_scroll + 1))
+    if key in MOVE_DOWN:
+        return replace(state, chat_scroll=max(0, state.chat_scroll - 1))
+    return state
+
+
+def _conversation_actions(state: PhoneState) -> tuple[Item, ...]:
+    account, peer = state.chat_open
+    conversation = open_conversation(state)
+    private = conversation.security in ("encrypted", "verified", "key_changed")
+    answer = () if conversation.asks is None else (Item("Answer them", ("answer", account, peer)),)
+    return (*answer,
+            Item("End encryption" if private else "Start encryption", ("encryption", account, peer, not private)),
+            Item("Fingerprints", ("fingerprints", account, peer)),
+            Item("Ask a question", ("question", account, peer)),
+            Item("Shared secret", ("secret", account, peer)))
+
+
+def _open_choices(state: PhoneState, title: str, items: tuple[Item, ...], back: Screen = "section") -> PhoneState:
+    return replace(state, screen="list", choices=Choices(title[:16], items, back=back))
+
+
+def _list_key(state: PhoneState, key: str) -> PhoneState:
+    choices = state.choices
+    if key == "back":
+        return replace(state, screen=choices.back, choices=None)
+    if key in MOVE_UP:
+        return replace(state, choices=replace(choices, selected=max(0, choices.selected - 1)))
+    if key in MOVE_DOWN:
+        return replace(state, choices=replace(choices, selected=min(len(choices.items) - 1, choices.selected + 1)))
+    if key == "ok" and choices.items[choices.selected].action:
+        return _chat_action(replace(state, screen=choices.back, choices=None), *_split(choices.items[choices.selected]))
+    return state
+
+
+def _split(item: Item) -> tuple[str, tuple]:
+    return item.action[0], item.action[1:]
+
+
+def _chat_action(state: PhoneState, verb: str, args: tuple) -> PhoneState:
+    """What OK does on a chat item of the Messages section or of a list."""
+    if verb == "open_chat":
+        return _open_chat(state, *args)
+    if verb == "new_chat":
+        account = chat_account(state)
+        items = tuple(Item(c.name, ("open_chat", account.address, c.chat)) for c in state.profile.contacts if c.chat)
+        return _open_choices(state, "Chat with", items or (Item("No chat contacts."),))
+    if verb == "subscription":
+        account, peer = args
+        return _open_choices(state, peer, tuple(Item(label, ("answer_request", account, peer, answer)) for label, answer
+                                                in (("Authorise", "authorise"), ("Deny", "deny"), ("Ignore", "ignore"))))
+    if verb == "answer_request":
+        account, peer, answer = args
+        state = replace(state, chat_requests=tuple(r for r in state.chat_requests if r != (account, peer)))
+        state = _request(state, fx.AnswerSubscription(account, peer, answer))
+        if answer == "authorise" and not any(c.chat == peer for c in state.profile.contacts):
+            contact = Contact(peer.partition("@")[0][:40] or peer, chat=peer)
+            state = _save_part(state, CONTACTS_RECORD, state.profile.contacts + (contact,))
+        return replace(state, toast={"authorise": "Authorised", "deny": "Denied", "ignore": "Ignored"}[answer])
+    if verb == "my_key":
+        (account,) = args
+        fingerprint = dict(state.chat_keys).get(account, "")
+        rows = tuple(Item(row) for row in chat.fingerprint_rows(fingerprint))
+        return _open_choices(state, "My key", (*rows, Item("New key", ("new_key", account))))
+    if verb == "new_key":
+        return _request(replace(state, toast="Making a key..."), fx.NewChatKey(*args))
+    if verb == "encryption":
+        return _request(state, fx.SetEncryption(*args))
+    if verb == "fingerprints":
+        account, peer = args
+        theirs = open_conversation(state).fingerprint if state.chat_open == (account, peer) else ""
+        mine = dict(state.chat_keys).get(account, "")
+        rows = (Item("Theirs:"), *(Item(r) for r in chat.fingerprint_rows(theirs) or ("(no session)",)),
+                Item("Mine:"), *(Item(r) for r in chat.fingerprint_rows(mine)))
+        confirm = (Item("They match", ("trust", account, peer, theirs, True)),
+                   Item("Not verified", ("trust", account, peer, theirs, False))) if theirs else ()
+        return _open_choices(state, "Fingerprints", (*rows, *confirm), back="chat")
+    if verb == "trust":
+        return _request(state, fx.TrustFingerprint(*args))
+    if verb in CHAT_EDITS:
+        account, peer = args[:2]
+        label = {"question": "Question", "secret": "Shared secret", "answer": "Answer"}[verb]
+        target = (verb, account, peer, None) if verb == "secret" else (verb, account, peer)
+        return _open_editor(replace(state, screen="chat"), target, label, "", secret=verb != "question")
+    return state
+
+
+CHAT_EDITS = ("message", "question", "secret", "answer")
+
+
+def _commit_chat_edit(state: PhoneState, kind: str, target: tuple, text: str) -> PhoneState:
+    account, peer, *more = target
+    state = replace(state, screen="chat", editor=None)
+    if not text:
+        return state
+    if kind == "message":
+        return _request(replace(state, chat_scroll=0), fx.SendChat(account, peer, text))
+    if kind == "question":
+        return _open_editor(state, ("secret", account, peer, text), "Their answer", "", secret=True)
+    if kind == "secret":
+        return _request(state, fx.Authenticate(account, peer, text, more[0]))
+    return _request(state, fx.AnswerAuthentication(account, peer, text))
+
+
+def _conversation_changed(state: PhoneState, event: fx.ConversationChanged) -> PhoneState:
+    return replace(state, chats=chat.with_view(state.chats, event.view))
+
+
+def _chat_line_added(state: PhoneState, event: fx.ChatLineAdded) -> PhoneState:
+    key = (event.account, event.peer)
+    read = state.screen in ("chat", "edit") and state.chat_open == key and state.screen_on
+    return replace(state, chats=chat.with_line(state.chats, key, event.line, read))
+
+
+def _chat_line_status(state: PhoneState, event: fx.ChatLineStatus) -> PhoneState:
+    return replace(state, chats=chat.with_status(state.chats, (event.account, event.peer), event.message_id,
+                                                 event.status))
+
+
+def _chat_history(state: PhoneState, event: fx.ChatHistory) -> PhoneState:
+    chats = state.chats
+    for account, peer, line in event.lines:
+        chats = chat.with_line(chats, (account, peer), line, read=True)
+    return replace(state, chats=chats)
+
+
+def _chat_key_shown(state: PhoneState, event: fx.ChatKey) -> PhoneState:
+    keys = dict(state.chat_keys)
+    keys[event.account] = event.fingerprint
+    return replace(state, chat_keys=tuple(keys.items()))
+
+
+def _subscription_asked(state: PhoneState, event: fx.SubscriptionAsked) -> PhoneState:
+    request = (event.account, event.peer)
+    if request in state.chat_requests:
+        return state
+    return replace(state, chat_requests=state.chat_requests + (request,))
+
+
+def _roster_shown(state: PhoneState, event: fx.RosterShown) -> PhoneState:
+    others = tuple(r for r in state.rosters if r[0] != event.account)
+    return replace(state, rosters=others + tuple((event.account, peer, s) for peer, s in event.entries))
+
+
+def _account_registered(state: PhoneState, event: fx.AccountRegistered) -> PhoneState:
+    accounts = state.profile.accounts + (event.account,)
+    state = replace(state, screen="section", form=None, section_index=0, toast="Account created")
+    return _save_part(state, ACCOUNTS_RECORD, accounts)
+
+
+def _password_changed(state: PhoneState, event: fx.PasswordChanged) -> PhoneState:
+    accounts = tuple(replace(a, password=event.password) if a.address == event.address and a.kind == "xmpp" else a
+                     for a in state.profile.accounts)
+    form = state.form
+    if form is not None and form.kind == "account" and form.value("address") == event.address:
+        state = _set_field(state, "password", event.password)
+        state = replace(state, form=replace(state.form, problem="Password changed"))
+    return _save_part(replace(state, toast="Password changed"), ACCOUNTS_RECORD, accounts)
+
+
+def _chat_failed(state: PhoneState, event: fx.ChatFailed) -> PhoneState:
+    if state.screen == "form":
+        return replace(state, form=replace(state.form, problem=event.message))
+    return replace(state, toast=event.message)
+
+
 _KEY_HANDLERS = {
     "pin": _pin_key,
     "dial": _dial_key,
@@ -821,6 +1128,8 @@ _KEY_HANDLERS = {
     "section": _section_key,
     "form": _form_key,
     "edit": _edit_key,
+    "chat": _chat_key,
+    "list": _list_key,
 }
 
 _RESULT_HANDLERS = {
@@ -836,4 +1145,14 @@ _RESULT_HANDLERS = {
     fx.AccountStatus: _account_status,
     fx.CallLogged: _call_logged,
     fx.LabOffer: _lab_offered,
+    fx.ConversationChanged: _conversation_changed,
+    fx.ChatLineAdded: _chat_line_added,
+    fx.ChatLineStatus: _chat_line_status,
+    fx.ChatHistory: _chat_history,
+    fx.ChatKey: _chat_key_shown,
+    fx.SubscriptionAsked: _subscription_asked,
+    fx.RosterShown: _roster_shown,
+    fx.AccountRegistered: _account_registered,
+    fx.PasswordChanged: _password_changed,
+    fx.ChatFailed: _chat_failed,
 }

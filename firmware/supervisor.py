@@ -13,6 +13,7 @@ raises while showing a state is disabled the same way, and the phone carries on 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from dataclasses import replace
@@ -29,6 +30,7 @@ from firmware.units import AudioRoute, Gpio, MissingUnit, Unit, build_units, des
 
 log = logging.getLogger(__name__)
 
+UNIT_STOP_S = 5.0
 CLOCK_TICK_S = 1.0
 """How often the clock is read; the home screen only redraws when the minute changes."""
 
@@ -99,7 +101,7 @@ class Supervisor:
             ticker.cancel()
             stopper.cancel()
             for unit in reversed(self._running):
-                unit.stop()
+                await _stopped(unit)
             self._running.clear()
             self.gpio.close()
 
@@ -143,7 +145,7 @@ class Supervisor:
             unit.show(self.state)
         except Exception as e:
             self._running.remove(unit)
-            unit.stop()
+            asyncio.ensure_future(_stopped(unit))
             if not isinstance(e, DeviceError):
                 log.exception("%s failed", unit.name)
                 e = DeviceError(unit.name, "driver", f"failed: {type(e).__name__}")
@@ -154,6 +156,16 @@ class Supervisor:
         self._failures[unit] = line
         log.error("%s disabled %s: %s", unit.name, "at start" if starting else "after a failure", line)
         return line
+
+
+async def _stopped(unit: Unit) -> None:
+    """Stop ``unit``, awaiting it (at most UNIT_STOP_S) when its stop says goodbye on the network."""
+    try:
+        result = unit.stop()
+        if inspect.isawaitable(result):
+            await asyncio.wait_for(result, UNIT_STOP_S)
+    except Exception:  # one unit's failure to stop must not keep the others running
+        log.exception("%s did not stop cleanly", unit.name)
 
 
 def phone_units(config: Config, gpio: Gpio, settings: Settings) -> list[Unit]:
@@ -167,6 +179,13 @@ def phone_units(config: Config, gpio: Gpio, settings: Settings) -> list[Unit]:
             units.append(MissingUnit("calls", "enabled", f"cannot load {e.name or e}", fx.CALL_EFFECTS))
         else:
             units.append(CallsUnit(config, access, route))
+    if config["chat.enabled"]:
+        try:
+            from firmware.chat_unit import ChatUnit
+        except ImportError as e:
+            units.append(MissingUnit("chat", "enabled", f"cannot load {e.name or e}", fx.CHAT_EFFECTS))
+        else:
+            units.append(ChatUnit(config, access))
     return units + build_units(config, gpio, route)
 
 

@@ -20,6 +20,7 @@ from drivers.indicators import Indicators
 from drivers.keys import open_keys
 from drivers.pinmap import load_pinmap
 from firmware.config import SETTINGS, Config
+from firmware.conversations import unread_total
 from firmware.state import Event, PhoneState
 from firmware.tones import DialTone
 from firmware.ui.screens import render
@@ -52,7 +53,8 @@ class Unit:
         pass
 
     def stop(self) -> None:
-        pass
+        """Release what ``start`` took. May return an awaitable (a unit that says goodbye on the
+        network); the supervisor awaits it, for a bounded time."""
 
 
 class MissingUnit(Unit):
@@ -172,7 +174,7 @@ when the key changed); dark when the call is not encrypted. It never lights outs
 
 class IndicatorsUnit(Unit):
     """LEDs and ringer mirror the state: in call (handset lifted or a call up), secure (SECURE_LED),
-    the ringer for an incoming call."""
+    message (blinking while messages are unread), the ringer for an incoming call."""
 
     name = section = "indicators"
 
@@ -188,6 +190,7 @@ class IndicatorsUnit(Unit):
         connected = call is not None and call.phase == "connected"
         self.indicators.set("in_call", "on" if state.off_hook or connected else "off")
         self.indicators.set("secure", SECURE_LED.get(call.security, "off") if connected else "off")
+        self.indicators.set("message", "blink" if unread_total(state.chats) else "off")
         self.indicators.ring(call is not None and call.phase == "incoming")
 
     def stop(self) -> None:

@@ -60,6 +60,7 @@ def test_no_canary_reaches_disk_and_all_come_back_after_a_restart(tmp_path):
         "password": canary(rng, 16, string.ascii_letters + string.digits + "!#%+"),
         "contact_name": canary(rng),
         "contact_address": f"{canary(rng)}@byline.lab",
+        "contact_chat": f"{canary(rng)}@{canary(rng, 8)}.net",
         "display_name": canary(rng),
     }
     work, temp, log = tmp_path / "work", tmp_path / "temp", tmp_path / "byline.log"
@@ -87,6 +88,8 @@ type "{secrets['contact_name']}"
 press ok down ok
 type "{secrets['contact_address']}"
 press ok down ok
+type "{secrets['contact_chat']}"
+press ok down down ok
 expect Saved
 press back 5
 wait section
@@ -118,6 +121,7 @@ expect "{secrets['contact_name']}"
 press ok
 wait form
 expect "Address: {secrets['contact_address']}"
+expect "Chat: {secrets['contact_chat']}"
 press back back 5
 wait section
 expect "Name: {secrets['display_name']}"
@@ -131,6 +135,7 @@ expect "Name: {secrets['display_name']}"
             accounts = store.get(ACCOUNTS_RECORD).decode()
             assert secrets["password"] in accounts and secrets["address"] in accounts
             assert secrets["contact_address"] in store.get(CONTACTS_RECORD).decode()
+            assert secrets["contact_chat"] in store.get(CONTACTS_RECORD).decode()
             assert secrets["display_name"] in store.get(SETTINGS_RECORD).decode()
         finally:
             share.close()

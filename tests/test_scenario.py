@@ -36,6 +36,8 @@ def test_the_command_writes_every_frame_and_every_snap(tmp_path):
     ("snap ../escape\n", "line 1: snap takes one name"),
     ("dance\n", "line 1: unknown step 'dance'"),
     ('press "1\n', "line 1: No closing quotation"),
+    ("mark two words\n", "line 1: mark takes one name"),
+    ("await go soon\n", "line 1: await takes one name"),
 ])
 def test_a_bad_script_names_its_line(script, message):
     with pytest.raises(ScriptError, match=message):
@@ -45,6 +47,7 @@ def test_a_bad_script_names_its_line(script, message):
 @pytest.mark.parametrize(("script", "status", "message"), [
     ("press 1\nlift now\n", 2, "line 2: lift takes nothing"),  # a bad script
     ("wait menu\n", 1, "screen is 'pin'"),  # a screen that never comes
+    ("await go 0.5\n", 1, "stdin ended before 'go' came"),  # nobody to say go
 ])
 def test_the_command_fails_clearly_without_a_traceback(tmp_path, script, status, message):
     path = tmp_path / "script.txt"
@@ -52,3 +55,21 @@ def test_the_command_fails_clearly_without_a_traceback(tmp_path, script, status,
     result = run_scenario(str(path), str(tmp_path / "out"))
     assert result.returncode == status
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_phones_take_turns_with_mark_and_await(tmp_path):
+    """``mark`` tells the driver where the script is; ``await`` holds it until the driver says go."""
+    path = tmp_path / "script.txt"
+    path.write_text("wait pin\nmark ready\nawait go 30\npress 1\nmark done\n")
+    process = subprocess.Popen([sys.executable, "-m", "firmware.scenario", str(path), str(tmp_path / "out")],
+                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    try:
+        assert process.stdout.readline() == "mark: ready\n"
+        process.stdin.write("not yet\ngo\n")
+        process.stdin.flush()
+        assert process.stdout.readline() == "mark: done\n"
+        assert process.wait(30) == 0, process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()

@@ -24,7 +24,8 @@ Contract:
 - Policy: OTR v3 only, encryption required, AKE started on whitespace tags and OTR errors.
   ``allow_plaintext=True`` drops "required" (plaintext messages pass and are shown).
 - No key material (private key, session keys, SMP secrets) appears in a repr, a log line or an
-  exception message. Fingerprints and instance tags are public and may be logged.
+  exception message, and no address (who talks to whom is the journalist's secret too).
+  Fingerprints and instance tags are public and may be logged.
 
 Measured on the development host (x86-64, 10 runs): DSA-1024 key generation by libgcrypt takes
 14-98 ms (median 34 ms; random prime search, so it varies; expect several times more on the
@@ -1112,7 +1113,7 @@ class OtrAccount:
         self._outbox.append((to, message))
 
     def _need_key(self, accountname: str):
-        log.warning("OTR: no private key for %s: generate one first", accountname)
+        log.warning("OTR: no private key for this account: generate one first")
 
     def _new_fingerprint(self, username: str, raw: bytes):
         new = _human(raw)
@@ -1129,7 +1130,7 @@ class OtrAccount:
                             old_trusted = old_any
                 fp = fp.next
         old = old_trusted or old_any
-        log.info("OTR: %s fingerprint for %s: %s", "changed" if old else "new", username, new)
+        log.info("OTR: a contact's fingerprint is %s: %s", "changed" if old else "new", new)
         if old:
             self._emit(FingerprintChanged(username, old, new))
         else:
@@ -1148,7 +1149,7 @@ class OtrAccount:
         active = context.active_fingerprint
         verified = active != _ffi.NULL and bool(
             self._otr.otrl_context_is_fingerprint_trusted(active))
-        log.info("OTR: private conversation with %s (instance 0x%08x, v%d)", peer, instance,
+        log.info("OTR: private conversation (instance 0x%08x, v%d)", instance,
                  int(context.protocol_version))
         self._emit(Encrypted(peer, verified, instance))
 
@@ -1199,7 +1200,7 @@ class OtrAccount:
         elif event in _MSG_EVENT_TEXT:
             self._emit(OtrError(peer, _MSG_EVENT_TEXT[event]))
         else:
-            log.debug("OTR: message event %d for %s", event, peer)
+            log.debug("OTR: message event %d", event)
 
     # -- after libotr returned -----------------------------------------------------------
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
-from firmware.state import (MENU, PIN_FLOWS, VISIBLE_LINES, PhoneState, form_lines, min_secret_length,
-                            section_items, secret_word)
+from firmware import conversations as chat
+from firmware.state import (CHAT_ROWS, MENU, PIN_FLOWS, VISIBLE_LINES, PhoneState, form_lines, min_secret_length,
+                            open_conversation, peer_name, section_items, secret_word, unread_line)
 from firmware.ui.fonts import terminus
 from firmware.ui.text_field import draw_mode_badge, draw_text_field
 
@@ -168,7 +169,7 @@ def _working(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
 def _home(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
     _header(draw, state, state.accounts[0].address if state.accounts else "No account")
     _centered(draw, 14, state.clock, size=24, bold=True)
-    _centered(draw, 38, missed_line(state) or state.date)
+    _centered(draw, 38, missed_line(state) or unread_line(state) or state.date)
     label = "Menu"
     width = CHAR_WIDTH * len(label) + 3
     draw.rectangle((0, SOFT_KEYS_Y, width, HEIGHT - 1), fill=1)
@@ -226,7 +227,7 @@ def screen_text(state: PhoneState) -> tuple[str, ...]:
         return (state.busy,)
     if screen == "home":
         return (state.accounts[0].address if state.accounts else "No account", state.clock,
-                missed_line(state) or state.date, state.toast)
+                missed_line(state) or unread_line(state) or state.date, state.toast)
     if screen == "menu":
         return MENU
     if screen == "section":
@@ -235,7 +236,66 @@ def screen_text(state: PhoneState) -> tuple[str, ...]:
         return (*form_lines(state.form), state.form.problem)
     if screen == "edit":
         return (state.editor.label, state.editor.entry.display(state.now, WIDTH // CHAR_WIDTH).text, state.toast)
+    if screen == "chat":
+        return chat_lines(state)
+    if screen == "list":
+        return (state.choices.title, *(item.label for item in state.choices.items), state.toast)
     return ("Byline",)
+
+
+def chat_lines(state: PhoneState) -> tuple[str, ...]:
+    """The conversation screen's words: who, the security line, the message rows in view, a toast."""
+    conversation = open_conversation(state)
+    return (peer_name(state, conversation.peer), chat.SECURITY_TEXT[conversation.security],
+            *chat_rows(state), state.toast)
+
+
+def chat_rows(state: PhoneState) -> tuple[str, ...]:
+    rows = chat.wrapped(open_conversation(state).lines)
+    if not rows:
+        return ("OK:write  #:more",)
+    end = len(rows) - state.chat_scroll
+    return rows[max(0, end - CHAT_ROWS):end]
+
+
+def _padlock(draw: ImageDraw.ImageDraw, x: int, y: int, security: str) -> None:
+    """Open (not encrypted), closed with "!" (encrypted, not verified), closed with a tick (verified)."""
+    if security in ("plaintext", "finished"):
+        _lock_open(draw, x, y)
+        return
+    draw.arc((x + 1, y - 2, x + 6, y + 5), 180, 360, fill=1)
+    draw.rectangle((x, y + 3, x + 7, y + 9), fill=1)
+    if security == "verified":
+        draw.line((x + 1, y + 6, x + 3, y + 8, x + 6, y + 4), fill=0)
+    else:
+        draw.line((x + 3, y + 4, x + 3, y + 6), fill=0)
+        draw.point((x + 3, y + 8), fill=0)
+
+
+def _chat(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
+    """The security line is always shown, inverted when it is a warning, with the padlock before it."""
+    conversation = open_conversation(state)
+    _header(draw, state, peer_name(state, conversation.peer)[:16])
+    status = chat.SECURITY_TEXT[conversation.security]
+    if conversation.security in chat.WARNING_STATES:
+        draw.rectangle((0, BODY_TOP, WIDTH - 1, BODY_TOP + LINE_HEIGHT - 1), fill=1)
+        draw.text((12, BODY_TOP), status, font=terminus(12, True), fill=0)
+        draw.rectangle((1, BODY_TOP + 1, 10, BODY_TOP + LINE_HEIGHT - 2), fill=0)
+    else:
+        _text(draw, (12, BODY_TOP), status)
+    _padlock(draw, 2, BODY_TOP + 2, conversation.security)
+    for row, text in enumerate(chat_rows(state), 1):
+        _body_line(draw, row, text)
+    if state.toast:
+        _toast(draw, state.toast)
+
+
+def _choices(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
+    choices = state.choices
+    _header(draw, state, choices.title)
+    _list(draw, tuple(item.label for item in choices.items), choices.selected)
+    if state.toast:
+        _toast(draw, state.toast)
 
 
 SECURITY_LINES = {
@@ -303,4 +363,6 @@ _SCREENS = {
     "section": _section,
     "form": _form,
     "edit": _edit,
+    "chat": _chat,
+    "list": _choices,
 }

@@ -75,7 +75,7 @@ press ok
 type "{name}"
 press ok down ok
 type "{address}"
-press ok down down ok
+press ok down down down ok
 expect Saved
 """
 

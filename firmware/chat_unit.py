@@ -41,7 +41,12 @@ from firmware import effects as fx
 from firmware.chat import otr as otr_events
 from firmware.chat import xmpp as xmpp_events
 from firmware.chat.otr import OtrAccount, OtrFailure
-from firmware.chat.xmpp import XmppAccountConfig, XmppClient, XmppError, register_account
+from firmware.chat.xmpp import (
+    XmppAccountConfig,
+    XmppClient,
+    XmppError,
+    register_account,
+)
 from firmware.config import Config
 from firmware.profile import Account, split_server
 from firmware.state import PhoneState
@@ -307,7 +312,8 @@ class ChatUnit(Unit):
                 return
             session.client.send(otr.route(peer), wire, message_id=message_id)
             outgoing.sent = True
-            self._post(fx.ChatLineStatus(session.account.address, peer, message_id, "sent"))
+            if session.client.connected:  # else it stays "queued" in the client until the server is back
+                self._post(fx.ChatLineStatus(session.account.address, peer, message_id, "sent"))
 
     def _transmit(self, session: _Session, to: str, text: str) -> None:
         """What libotr injects (queries, key exchange, SMP): sent as it is."""

@@ -82,11 +82,12 @@ def unread_total(chats: tuple[Conversation, ...]) -> int:
 
 SECURITY_TEXT = {
     "plaintext": "NOT ENCRYPTED",
-    "encrypted": "Encrypted, unverified",
-    "verified": "Encrypted + verified",
+    "encrypted": "SECURE, unverified",
+    "verified": "SECURE + verified",
     "key_changed": "KEY CHANGED! Verify",
-    "finished": "Ended: NOT ENCRYPTED",
+    "finished": "NOT ENCRYPTED:ended",
 }
+"""What the conversation's security line says (at most 19 characters: it follows the padlock)."""
 SECURITY_MARK = {"plaintext": "-", "encrypted": "!", "verified": "+", "key_changed": "!", "finished": "-"}
 """One character for lists: + verified, ! encrypted but not verified, - not encrypted."""
 WARNING_STATES = frozenset({"plaintext", "key_changed", "finished"})

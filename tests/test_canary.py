@@ -7,13 +7,14 @@ the state directory, the TPM's directory, the temporary directory the phone used
 A second process unlocks with the PIN and finds every value again.
 """
 
-import base64
 import os
 import random
 import string
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers.canaries import canaries_found, canary, files_under
 
 from firmware.profile import ACCOUNTS_RECORD, CONTACTS_RECORD, SETTINGS_RECORD
 from firmware.scenario import STATE_DIRECTORY
@@ -23,23 +24,6 @@ from lab.swtpm import Swtpm
 
 ROOT = Path(__file__).resolve().parent.parent
 PIN = "305117"
-
-
-def canary(rng: random.Random, length: int = 14, alphabet: str = string.ascii_lowercase + string.digits) -> str:
-    return "".join(rng.choice(alphabet) for _ in range(length))
-
-
-def forms(secret: str) -> dict[str, bytes]:
-    raw = secret.encode()
-    return {
-        "plain": raw,
-        "hex": raw.hex().encode(),
-        "HEX": raw.hex().upper().encode(),
-        "base64": base64.b64encode(raw).rstrip(b"="),
-        "base64url": base64.urlsafe_b64encode(raw).rstrip(b"="),
-        "utf-16-le": secret.encode("utf-16-le"),
-        "utf-16-be": secret.encode("utf-16-be"),
-    }
 
 
 def run_scenario(script: str, tmp_path: Path, work: Path, log: Path, temp: Path) -> None:
@@ -101,12 +85,8 @@ expect Saved
 """
     run_scenario(set_up, tmp_path, work, log, temp)
 
-    files = [p for base in (work, temp) for p in base.rglob("*") if p.is_file()] + [log]
     assert any(p.parent.name == "records" for p in work.rglob("*")), "the store wrote no records"
-    for name, secret in secrets.items():
-        for form, needle in forms(secret).items():
-            for path in files:
-                assert needle not in path.read_bytes(), f"{name} canary found as {form} in {path}"
+    assert not canaries_found(secrets, files_under(work, temp, log))
 
     check = f"""
 wait pin

@@ -6,12 +6,14 @@ screen, SMP with a question or a shared secret, fingerprints compared, a key tha
 """
 
 import asyncio
+import logging
 import random
 import string
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from helpers.canaries import canaries_found, canary, files_under
 from firmware.chat.xmpp import AuthFailed, Connected, XmppAccountConfig, XmppClient
-from firmware.scenario import ScenarioPhone, headless_config
+from firmware.scenario import SCENARIO_PIN, ScenarioPhone, headless_config
 from firmware.state import form_lines, section_items
 from firmware.ui.screens import screen_text
 
@@ -170,12 +172,12 @@ def test_two_phones_talk_in_private_and_authenticate_by_question_secret_and_fing
 
     async def scenario():
         async with friends(lab, tmp_path) as (alice, bob):
-            ann_jid, ben_jid = alice.names[1], bob.names[1]
+            ann_jid = alice.names[1]
             await open_chat(alice, "Ben")
             assert security_line(alice) == "NOT ENCRYPTED"
             await say(alice, "Hello Ben")
             # Queued while OTR starts itself, then sent encrypted and confirmed by ben's phone.
-            await alice.expect("Encrypted, unverified", NETWORK_S)
+            await alice.expect("SECURE, unverified", NETWORK_S)
             await alice.supervisor.wait_for(lambda s: s.chats[-1].lines[-1].status == "delivered", NETWORK_S)
             await alice.expect("> Hello Ben v")
             await bob.supervisor.wait_for(lambda s: any(c.unread == 1 for c in s.chats), NETWORK_S)
@@ -185,7 +187,7 @@ def test_two_phones_talk_in_private_and_authenticate_by_question_secret_and_fing
             indicators = next(u for u in bob.supervisor.units if type(u).__name__ == "IndicatorsUnit").indicators
             assert indicators.state()["message"] == "blink"
             await open_chat(bob, ann_jid.partition("@")[0])
-            assert security_line(bob) == "Encrypted, unverified"
+            assert security_line(bob) == "SECURE, unverified"
             assert lines_of(bob, ann_jid) == ["Hello Ben"]
             await bob.expect("< Hello Ben")
             assert indicators.state()["message"] == "off"
@@ -210,8 +212,8 @@ def test_two_phones_talk_in_private_and_authenticate_by_question_secret_and_fing
                 await shown(alice, outcome, marks[0])
                 await shown(bob, outcome, marks[1])
                 if outcome.startswith("Authentication FAILED"):
-                    assert security_line(alice) == "Encrypted, unverified"
-            await alice.expect("Encrypted + verified", NETWORK_S)
+                    assert security_line(alice) == "SECURE, unverified"
+            await alice.expect("SECURE + verified", NETWORK_S)
 
             # A shared secret, from bob's side: wrong, then right.
             for secret, outcome in (("tuesday", "Authentication FAILED"), ("monday", "Authenticated")):
@@ -225,24 +227,24 @@ def test_two_phones_talk_in_private_and_authenticate_by_question_secret_and_fing
                 await alice.type(secret)
                 await alice.press("ok")
                 await shown(bob, outcome, marks[1])
-            await bob.expect("Encrypted + verified", NETWORK_S)
+            await bob.expect("SECURE + verified", NETWORK_S)
 
             # Fingerprints in groups on both phones: each sees the other's as the other's own key.
             await conversation_action(alice, "Fingerprints")
             alice_view = screen_text(alice.state)
             await conversation_action(bob, "Fingerprints")
             bob_view = screen_text(bob.state)
-            mine = lambda view: view[view.index("Mine:") + 1: view.index("Mine:") + 4]  # noqa: E731
-            theirs = lambda view: view[view.index("Theirs:") + 1: view.index("Theirs:") + 4]  # noqa: E731
+            mine = lambda view: view[view.index("Mine:") + 1: view.index("Mine:") + 4]
+            theirs = lambda view: view[view.index("Theirs:") + 1: view.index("Theirs:") + 4]
             assert mine(alice_view) == theirs(bob_view) and theirs(alice_view) == mine(bob_view)
             assert all(len(row) == 17 for row in mine(alice_view)[:2]), alice_view
             await select(alice, "They match")
             await shown(alice, "Fingerprint verified")
             await select(bob, "Not verified")
-            await bob.expect("Encrypted, unverified", NETWORK_S)
+            await bob.expect("SECURE, unverified", NETWORK_S)
             await conversation_action(bob, "Fingerprints")
             await select(bob, "They match")
-            await bob.expect("Encrypted + verified", NETWORK_S)
+            await bob.expect("SECURE + verified", NETWORK_S)
 
             # Alice's phone gets a new key: ben's phone says so, loudly, and stops calling it verified.
             await menu(alice, "3")
@@ -352,5 +354,114 @@ def test_password_change_from_the_phone_makes_the_old_password_fail(xmpp_lab, tm
 
         assert await login(old) == "AuthFailed"
         assert await login(new) == "Connected"
+
+    asyncio.run(scenario())
+
+
+def statuses_of(state, peer: str) -> dict[str, str]:
+    """Text -> status of each message the phone wrote to ``peer``."""
+    conversation = next((c for c in state.chats if c.peer == peer), None)
+    return {line.text: line.status for line in conversation.lines if not line.incoming} if conversation else {}
+
+
+async def all_delivered(phone: ScenarioPhone, peer: str, texts) -> None:
+    await phone.supervisor.wait_for(lambda s: all(statuses_of(s, peer).get(t) == "delivered" for t in texts),
+                                    NETWORK_S * 2)
+
+
+def test_no_message_is_lost_or_doubled_when_the_server_or_the_phone_restarts(lab_factory, tmp_path):
+    lab = lab_factory(sip=False, echo=False)
+
+    async def scenario():
+        async with friends(lab, tmp_path) as (alice, bob):
+            ann, ben = alice.names[1], bob.names[1]
+            await open_chat(alice, "Ben")
+            await say(alice, "before")
+            await all_delivered(alice, ben, ["before"])
+
+            await asyncio.to_thread(lab.stop_xmpp)
+            await alice.supervisor.wait_for(lambda s: s.status_of(ann) == "offline", NETWORK_S)
+            for text in ("while down 1", "while down 2"):
+                await say(alice, text)
+            assert statuses_of(alice.state, ben)["while down 2"] == "queued"
+            await alice.expect("> while down 2 ..")
+            await asyncio.to_thread(lab.start_xmpp)
+            await all_delivered(alice, ben, ["while down 1", "while down 2"])
+
+            # Typed with the server down, then the phone is switched off: the store keeps it.
+            await asyncio.to_thread(lab.stop_xmpp)
+            await alice.supervisor.wait_for(lambda s: s.status_of(ann) == "offline", NETWORK_S)
+            await say(alice, "across a restart")
+            await alice.__aexit__(None, None, None)
+            async with phone(lab, tmp_path / "alice") as again:
+                await again.wait_screen("pin")
+                await again.press(*SCENARIO_PIN, "ok")
+                await again.wait_screen("home", NETWORK_S)
+                await again.supervisor.wait_for(lambda s: statuses_of(s, ben).get("across a restart") == "queued",
+                                                NETWORK_S)
+                await asyncio.to_thread(lab.start_xmpp)
+                await all_delivered(again, ben, ["across a restart"])
+            received = lines_of(bob, ann)
+            assert received == ["before", "while down 1", "while down 2", "across a restart"], received
+
+    asyncio.run(scenario())
+
+
+def test_message_history_is_kept_only_in_the_store_when_on_and_erasing_it_leaves_nothing(xmpp_lab, tmp_path,
+                                                                                         caplog):
+    lab = xmpp_lab
+    caplog.set_level(logging.DEBUG)
+    rng = random.Random()
+    secrets = {"said": canary(rng), "answered": canary(rng), "question": canary(rng), "secret": canary(rng)}
+
+    async def restarted_alice(check):
+        async with phone(lab, tmp_path / "alice") as again:
+            await again.wait_screen("pin")
+            await again.press(*SCENARIO_PIN, "ok")
+            await again.wait_screen("home", NETWORK_S)
+            await asyncio.sleep(0.5)  # the chat unit reads the history after the unlock
+            await check(again)
+
+    async def scenario():
+        async with friends(lab, tmp_path) as (alice, bob):
+            ben = bob.names[1]
+            await menu(alice, "3")
+            await select(alice, "Msg history: off")
+            await alice.expect("Msg history: on")
+            await open_chat(alice, "Ben")
+            await say(alice, secrets["said"])
+            await open_chat(bob, alice.names[0])
+            await shown(bob, secrets["said"])
+            await say(bob, secrets["answered"])
+            await shown(alice, secrets["answered"])
+            await conversation_action(alice, "Ask a question")
+            await alice.type(secrets["question"])
+            await alice.press("ok")
+            await alice.type(secrets["secret"])
+            await alice.press("ok")
+            await shown(bob, "Asks: " + secrets["question"])
+            await all_delivered(alice, ben, [secrets["said"]])
+        work = [tmp_path / "alice", tmp_path / "bob"]
+        assert not canaries_found(secrets, files_under(*work)), "a message is readable on disk"
+
+        async def kept(again):
+            lines = [line.text for c in again.state.chats if c.peer == ben for line in c.lines]
+            assert secrets["said"] in lines and secrets["answered"] in lines, lines
+            assert not any(secrets["secret"] in line for line in lines)
+        await restarted_alice(kept)
+
+        async def erase(again):
+            await menu(again, "5")
+            await select(again, "Erase all history")
+            await again.expect("History erased", NETWORK_S)
+        await restarted_alice(erase)
+
+        async def gone(again):
+            assert not any(c.lines for c in again.state.chats), [c.lines for c in again.state.chats]
+        await restarted_alice(gone)
+        assert not canaries_found(secrets, files_under(*work))
+        log_text = caplog.text
+        assert log_text and not [name for name, secret in secrets.items() if secret in log_text]
+        assert ben not in log_text, "who talks to whom stays out of the log"
 
     asyncio.run(scenario())

@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops
 
-from firmware.effects import CallChanged, CallView
+from dataclasses import replace
+
+from firmware.effects import (CallChanged, CallView, ChatKey, ChatLine, ChatLineAdded, ConversationChanged,
+                              ConversationView)
+from firmware.profile import Account, Contact, Profile
 from firmware.scenario import headless_config, parse_script, run_script
-from firmware.state import PhoneState, step
+from firmware.state import MENU, PhoneState, step
 from firmware.ui.screens import render
 
 HERE = Path(__file__).resolve().parent
@@ -74,9 +78,37 @@ CALL_SCREENS = {
 }
 
 
-@pytest.mark.parametrize("name", CALL_SCREENS)
-def test_call_screen_matches_golden(name):
-    frame = render(CALL_SCREENS[name])
+BEN = "ben@byline.lab"
+
+
+def chat_state(security: str, *lines: tuple[bool, str, str], screen: str = "chat", **view) -> PhoneState:
+    """The conversation with ben open (conversations come from the chat unit, so the tour cannot make them)."""
+    profile = Profile(accounts=(Account("xmpp", "ann@byline.lab", "pw"),), contacts=(Contact("Ben", chat=BEN),))
+    state = PhoneState(screen="home", locked=False, clock="09:41", date="Thu 26 Nov", profile=profile)
+    state = step(state, ChatKey("ann@byline.lab", "7A2B9C1D 44E0F1A2 93BC0D1E 5F6A7B8C 9D0E1F2A"))
+    for incoming, text, status in lines:
+        state = step(state, ChatLineAdded("ann@byline.lab", BEN, ChatLine(1.0, incoming, text, status)))
+    state = step(state, ConversationChanged(ConversationView("ann@byline.lab", BEN, security, **view)))
+    return replace(state, screen=screen, chat_open=(("ann@byline.lab", BEN) if screen == "chat" else None),
+                   menu_index=MENU.index("Messages"))
+
+
+TALK = ((False, "Meet at nine?", "delivered"), (True, "Yes, by the river", "received"))
+FINGERPRINT = "0A1B2C3D 4E5F6071 8293A4B5 C6D7E8F9 0A1B2C3D"
+CHAT_SCREENS = {
+    "chat_not_encrypted": chat_state("plaintext", (False, "Meet at nine?", "queued")),
+    "chat_encrypted": chat_state("encrypted", *TALK, fingerprint=FINGERPRINT),
+    "chat_verified": chat_state("verified", *TALK, fingerprint=FINGERPRINT),
+    "chat_key_changed": chat_state("key_changed", *TALK, (True, "KEY CHANGED: verify again", "notice"),
+                                   fingerprint=FINGERPRINT),
+    "chat_plain_received": chat_state("plaintext", (True, "sent in the clear", "plain")),
+    "messages_section": chat_state("encrypted", *TALK, screen="section"),
+}
+
+
+@pytest.mark.parametrize("name", [*CALL_SCREENS, *CHAT_SCREENS])
+def test_call_and_chat_screens_match_golden(name):
+    frame = render({**CALL_SCREENS, **CHAT_SCREENS}[name])
     golden_path = GOLDEN / f"{name}.png"
     if UPDATE:
         frame.save(golden_path)

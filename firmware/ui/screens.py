@@ -264,12 +264,12 @@ def _padlock(draw: ImageDraw.ImageDraw, x: int, y: int, security: str) -> None:
         _lock_open(draw, x, y)
         return
     draw.arc((x + 1, y - 2, x + 6, y + 5), 180, 360, fill=1)
-    draw.rectangle((x, y + 3, x + 7, y + 9), fill=1)
+    draw.rectangle((x, y + 2, x + 7, y + 8), fill=1)
     if security == "verified":
-        draw.line((x + 1, y + 6, x + 3, y + 8, x + 6, y + 4), fill=0)
+        draw.line((x + 1, y + 5, x + 3, y + 7, x + 6, y + 3), fill=0)
     else:
-        draw.line((x + 3, y + 4, x + 3, y + 6), fill=0)
-        draw.point((x + 3, y + 8), fill=0)
+        draw.line((x + 3, y + 3, x + 3, y + 5), fill=0)
+        draw.point((x + 3, y + 7), fill=0)
 
 
 def _chat(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
@@ -280,10 +280,10 @@ def _chat(draw: ImageDraw.ImageDraw, state: PhoneState) -> None:
     if conversation.security in chat.WARNING_STATES:
         draw.rectangle((0, BODY_TOP, WIDTH - 1, BODY_TOP + LINE_HEIGHT - 1), fill=1)
         draw.text((12, BODY_TOP), status, font=terminus(12, True), fill=0)
-        draw.rectangle((1, BODY_TOP + 1, 10, BODY_TOP + LINE_HEIGHT - 2), fill=0)
+        draw.rectangle((0, BODY_TOP, 10, BODY_TOP + LINE_HEIGHT - 1), fill=0)
     else:
         _text(draw, (12, BODY_TOP), status)
-    _padlock(draw, 2, BODY_TOP + 2, conversation.security)
+    _padlock(draw, 2, BODY_TOP + 3, conversation.security)
     for row, text in enumerate(chat_rows(state), 1):
         _body_line(draw, row, text)
     if state.toast:

@@ -264,7 +264,7 @@ def luks2_exact_kdf(params: KdfParams, keyslot: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=None, help="where to make the scratch store")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # ./byline bench passes every bench the same arguments
     params = calibrate(DEFAULT_TARGET_S, DEFAULT_MEMORY_KIB)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="byline-bench-") as scratch_dir, ExitStack() as stack:
         scratch = Path(scratch_dir)

@@ -86,6 +86,8 @@ class _Session:
     asked: set = field(default_factory=set)
     """Peers we asked for a private conversation since it was last up (one query each)."""
     roster: dict = field(default_factory=dict)
+    present: dict = field(default_factory=dict)
+    """Peer -> the resources (devices) it has online."""
     online: bool = False
 
 
@@ -345,6 +347,17 @@ class ChatUnit(Unit):
         elif isinstance(event, xmpp_events.Disconnected):
             session.online = False
             self._post(fx.AccountStatus(address, "offline"))
+            for peer in list(session.present):
+                del session.present[peer]
+                self._post(fx.PresenceShown(address, peer, False))
+        elif isinstance(event, xmpp_events.Presence):
+            devices = session.present.setdefault(event.jid, set())
+            was = bool(devices)
+            (devices.add if event.available else devices.discard)(event.resource)
+            if bool(devices) != was:
+                self._post(fx.PresenceShown(address, event.jid, bool(devices)))
+            if not devices:
+                del session.present[event.jid]
         elif isinstance(event, xmpp_events.AuthFailed):
             self._post(fx.AccountStatus(address, "failed: wrong password"))
         elif isinstance(event, xmpp_events.TlsFailed):

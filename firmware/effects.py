@@ -436,6 +436,15 @@ class RosterShown:
 
 
 @dataclass(frozen=True)
+class PresenceShown:
+    """``peer`` has at least one device online (``available``) or none."""
+
+    account: str
+    peer: str
+    available: bool
+
+
+@dataclass(frozen=True)
 class AccountRegistered:
     account: Any = field(repr=False)
 

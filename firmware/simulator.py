@@ -99,8 +99,9 @@ async def _start_lab(run_dir: Path, panel: PanelUnit, supervisor: Supervisor) ->
         panel.lab_line = f"lab: failed ({e}); see the log"
     else:
         supervisor.post(lab_offer(lab))
-        panel.lab_line = (f"lab: you are alice (SIP {lab.sip.host}:{lab.sip.port}, XMPP {lab.xmpp.domain}); "
-                          "Contacts has Bob and Echo (lab): lift the handset on one to call")
+        panel.lab_line = (f"lab: you are alice (SIP {lab.sip.host}:{lab.sip.port}, XMPP {lab.xmpp.jid(LAB_SELF)}); "
+                          "Contacts has Bob and Echo (lab): lift the handset on one to call, or choose Chat; "
+                          "Echo answers in OTR, and 'byline' to any question")
     panel.show(supervisor.state)
     return lab
 

@@ -206,6 +206,8 @@ class PhoneState:
     """(account, peer) subscription requests waiting for Authorise / Deny / Ignore."""
     rosters: tuple[tuple[str, str, str], ...] = ()
     """(account, peer, standing): both, from, to, waiting or none."""
+    present: frozenset[tuple[str, str]] = frozenset()
+    """(account, peer) with a device online."""
     chat_open: tuple[str, str] | None = None
     chat_scroll: int = 0
     """Rows scrolled back from the newest in the open conversation."""
@@ -898,9 +900,13 @@ def standing(state: PhoneState, account: str, peer: str) -> str:
 
 
 def _contact_line(state: PhoneState, contact: Contact) -> str:
+    """The name, then whether they are online, or still have to authorise us."""
     account = chat_account(state)
-    waiting = contact.chat and account and standing(state, account.address, contact.chat) == "waiting"
-    return f"{contact.name} (waiting)" if waiting else contact.name
+    if not contact.chat or account is None:
+        return contact.name
+    if standing(state, account.address, contact.chat) == "waiting":
+        return f"{contact.name} (waiting)"
+    return f"{contact.name} (online)" if (account.address, contact.chat) in state.present else contact.name
 
 
 def _messages_items(state: PhoneState) -> tuple[Item, ...]:
@@ -1098,6 +1104,11 @@ def _roster_shown(state: PhoneState, event: fx.RosterShown) -> PhoneState:
     return replace(state, rosters=others + tuple((event.account, peer, s) for peer, s in event.entries))
 
 
+def _presence_shown(state: PhoneState, event: fx.PresenceShown) -> PhoneState:
+    key = (event.account, event.peer)
+    return replace(state, present=state.present | {key} if event.available else state.present - {key})
+
+
 def _account_registered(state: PhoneState, event: fx.AccountRegistered) -> PhoneState:
     accounts = state.profile.accounts + (event.account,)
     state = replace(state, screen="section", form=None, section_index=0, toast="Account created")
@@ -1152,6 +1163,7 @@ _RESULT_HANDLERS = {
     fx.ChatKey: _chat_key_shown,
     fx.SubscriptionAsked: _subscription_asked,
     fx.RosterShown: _roster_shown,
+    fx.PresenceShown: _presence_shown,
     fx.AccountRegistered: _account_registered,
     fx.PasswordChanged: _password_changed,
     fx.ChatFailed: _chat_failed,

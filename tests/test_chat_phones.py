@@ -160,6 +160,7 @@ async def friends(lab, tmp_path):
         await menu(alice, "1")
         await alice.supervisor.wait_for(lambda s: any(p == lab.xmpp.jid(ben) and state == "both"
                                                       for _, p, state in s.rosters), NETWORK_S)
+        await alice.expect("Ben (online)", NETWORK_S)  # subscribed both ways: presence flows
         await bob.supervisor.wait_for(lambda s: any(p == lab.xmpp.jid(ann) and state == "both"
                                                     for _, p, state in s.rosters), NETWORK_S)
         alice.names = (ann, lab.xmpp.jid(ann))
@@ -389,8 +390,10 @@ def test_no_message_is_lost_or_doubled_when_the_server_or_the_phone_restarts(lab
             await all_delivered(alice, ben, ["while down 1", "while down 2"])
 
             # Typed with the server down, then the phone is switched off: the store keeps it.
+            assert (ben, ann) in bob.state.present
             await asyncio.to_thread(lab.stop_xmpp)
             await alice.supervisor.wait_for(lambda s: s.status_of(ann) == "offline", NETWORK_S)
+            await bob.supervisor.wait_for(lambda s: (ben, ann) not in s.present, NETWORK_S)
             await say(alice, "across a restart")
             await alice.__aexit__(None, None, None)
             async with phone(lab, tmp_path / "alice") as again:

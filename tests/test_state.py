@@ -359,14 +359,19 @@ def test_the_call_log_lists_entries_newest_first_and_erasing_history_clears_it()
 
 def test_the_labs_account_and_contacts_join_the_profile_and_replace_an_earlier_labs():
     own = Account("sip", "carol@127.0.0.1:5060", "pw")
-    old = Profile(accounts=(Account("sip", "alice@127.0.0.1:5000", "old"), own),
-                  contacts=(Contact("Echo (lab)", "echo@127.0.0.1:5000"), Contact("Ann", "ann@x")))
+    old = Profile(accounts=(Account("sip", "alice@127.0.0.1:5000", "old"), own,
+                            Account("xmpp", "alice@byline.lab", "old", server="127.0.0.1:5222")),
+                  contacts=(Contact("Echo (lab)", "echo@127.0.0.1:5000", "echo@byline.lab"), Contact("Ann", "ann@x"),
+                            Contact("Bob (lab)", chat="bob@byline.lab")))
     offer = fx.LabOffer("127.0.0.1", frozenset({"alice", "bob", "echo"}),
-                        (Account("sip", "alice@127.0.0.1:6000", "new"),), (Contact("Echo (lab)", "echo@127.0.0.1:6000"),))
+                        (Account("sip", "alice@127.0.0.1:6000", "new"),
+                         Account("xmpp", "alice@byline.lab", "new", server="127.0.0.1:6222")),
+                        (Contact("Echo (lab)", "echo@127.0.0.1:6000", "echo@byline.lab"),), domain="byline.lab")
     early = step(booted(), offer)
     assert early.lab_offer == offer and not early.effects, "merged only once unlocked"
     state, requests = take(step(take(press(early, *PIN, "ok"))[0], fx.Unlocked(old)))
-    assert [a.address for a in state.profile.accounts] == [own.address, "alice@127.0.0.1:6000"]
+    assert [a.address for a in state.profile.accounts] == [own.address, "alice@127.0.0.1:6000", "alice@byline.lab"]
+    assert state.profile.accounts[-1].server == "127.0.0.1:6222"
     assert [c.name for c in state.profile.contacts] == ["Ann", "Echo (lab)"]
     assert {r.part for r in requests} == {"accounts", "contacts"} and state.lab_offer is None
 

@@ -63,6 +63,8 @@ ACCOUNT_RECORD = "chat:{}"
 OUTBOX_RECORD = "chat-outbox:{}"
 HISTORY_PREFIX = "msg:"
 OTR_POLL_S = 10.0
+OTR_WHITESPACE_TAG = " \t  \t\t\t\t \t \t \t  "
+"""The start of OTR's whitespace tag: a plain message that carries it makes libotr start the AKE itself."""
 
 
 @dataclass
@@ -85,6 +87,8 @@ class _Session:
     asks: dict = field(default_factory=dict)
     asked: set = field(default_factory=set)
     """Peers we asked for a private conversation since it was last up (one query each)."""
+    views: dict = field(default_factory=dict)
+    """Peer -> the ConversationView last posted (so a change is posted once, and every change is)."""
     roster: dict = field(default_factory=dict)
     present: dict = field(default_factory=dict)
     """Peer -> the resources (devices) it has online."""
@@ -380,9 +384,13 @@ class ChatUnit(Unit):
         if event.message_id:
             session.seen.append((peer, event.message_id))
             self._save_account(session)
+        if OTR_WHITESPACE_TAG in event.body:
+            session.asked.add(peer)  # libotr answers the tag with a key exchange: no query of ours too
         shown = session.otr.receiving(event.from_jid, event.body)
+        self._publish(session, peer)  # whatever libotr did with it, the screen follows
         if shown is not None:
-            status = "received" if session.otr.state(peer) == "encrypted" else "plain"
+            # libotr hands back text only from a data message it decrypted, or a plain message as it came.
+            status = "received" if event.body.startswith("?OTR:") else "plain"
             self._line(session, peer, fx.ChatLine(time.time(), True, shown, status, event.message_id))
         if session.otr.needs_save:
             self._save_account(session)
@@ -434,6 +442,9 @@ class ChatUnit(Unit):
             self._publish(session, peer)
         elif isinstance(event, otr_events.Unencrypted):
             self._line(session, peer, fx.ChatLine(time.time(), True, event.text, "plain"))
+            if peer not in session.asked:  # encryption is required here: ask for it at once
+                session.asked.add(peer)
+                session.otr.start(peer)
         elif isinstance(event, otr_events.OtrError):
             self._notice(session, peer, event.message)
         if session.otr.needs_save:
@@ -449,7 +460,9 @@ class ChatUnit(Unit):
             security = "finished" if state == "finished" else "plaintext"
         view = fx.ConversationView(session.account.address, peer, security, otr.peer_fingerprint(peer) or "",
                                    session.asks.get(peer))
-        self._post(fx.ConversationChanged(view))
+        if session.views.get(peer) != view:
+            session.views[peer] = view
+            self._post(fx.ConversationChanged(view))
 
     def _notice(self, session: _Session, peer: str, text: str) -> None:
         self._line(session, peer, fx.ChatLine(time.time(), True, text, "notice"))

@@ -56,7 +56,8 @@ async def select(phone: ScenarioPhone, text: str) -> None:
     await phone.press(*(["down"] * (index - current) if index >= current else ["up"] * (current - index)), "ok")
 
 
-async def xmpp_account(phone: ScenarioPhone, lab, user: str, password: str, *, register: bool) -> None:
+async def xmpp_account(phone: ScenarioPhone, lab, user: str, password: str, *, register: bool,
+                       allow_plain: bool = False) -> None:
     """Type an XMPP account into a new account form and save it (or register it on the server first)."""
     await menu(phone, "4")
     await select(phone, "+ Add account")
@@ -65,7 +66,10 @@ async def xmpp_account(phone: ScenarioPhone, lab, user: str, password: str, *, r
     await phone.type(lab.xmpp.jid(user))
     await phone.press("ok", "down", "ok")
     await phone.type(password)
-    await phone.press("ok", "down", "down", "down", "ok")  # Server
+    await phone.press("ok", "down", "down")  # Allow plain
+    if allow_plain:
+        await phone.press("ok")
+    await phone.press("down", "ok")  # Server
     await phone.type(f"{lab.xmpp.host}:{lab.xmpp.port}")
     await phone.press("ok", "down", "down")  # TLS pin, then the first action
     if register:
@@ -137,7 +141,7 @@ def lines_of(phone: ScenarioPhone, peer: str) -> list[str]:
 
 
 @asynccontextmanager
-async def friends(lab, tmp_path):
+async def friends(lab, tmp_path, *, alice_allows_plain: bool = False):
     """Two phones with new accounts registered from their keypads, each the other's authorised contact,
     alice's phone showing the conversation with ben."""
     password = "Pw-" + unique("")
@@ -147,7 +151,7 @@ async def friends(lab, tmp_path):
         bob = await stack.enter_async_context(phone(lab, tmp_path / "bob"))
         for who, user in ((alice, ann), (bob, ben)):
             await who.set_up_pin()
-            await xmpp_account(who, lab, user, password, register=True)
+            await xmpp_account(who, lab, user, password, register=True, allow_plain=alice_allows_plain and who is alice)
         await chat_contact(alice, "Ben", lab.xmpp.jid(ben))
         await alice.expect("Ben (waiting)", NETWORK_S)
         await menu(bob, "3")
@@ -466,5 +470,37 @@ def test_message_history_is_kept_only_in_the_store_when_on_and_erasing_it_leaves
         log_text = caplog.text
         assert log_text and not [name for name, secret in secrets.items() if secret in log_text]
         assert ben not in log_text, "who talks to whom stays out of the log"
+
+    asyncio.run(scenario())
+
+
+def test_an_account_that_allows_plain_messages_says_so_and_one_that_requires_otr_never_sends_plain(xmpp_lab, tmp_path):
+    lab = xmpp_lab
+
+    async def scenario():
+        async with friends(lab, tmp_path, alice_allows_plain=True) as (alice, bob):
+            ann, ben = alice.names[1], bob.names[1]
+            await open_chat(alice, "Ben")
+            await say(alice, "in the clear")
+            assert security_line(alice) == "NOT ENCRYPTED"
+            await alice.supervisor.wait_for(lambda s: statuses_of(s, ben).get("in the clear") in ("sent", "delivered"),
+                                            NETWORK_S)  # not held back for OTR: this account allows plain
+            await open_chat(bob, alice.names[0])
+            await shown(bob, "in the clear")
+            assert bob.state.chats[-1].lines[0].status == "plain"
+            await bob.expect("!< in the clear")
+            # OTR's whitespace tag on alice's message made the phones go private by themselves.
+            await alice.expect("SECURE, unverified", NETWORK_S)
+            await bob.expect("SECURE, unverified", NETWORK_S)
+            await say(alice, "now private")
+            await shown(bob, "now private")
+            assert [line.status for line in bob.state.chats[-1].lines if line.text == "now private"] == ["received"]
+            # Bob's account requires OTR: when alice ends it, bob's next message waits, queued.
+            await conversation_action(alice, "End encryption")
+            await bob.expect("NOT ENCRYPTED:ended", NETWORK_S)
+            await say(bob, "only in private")
+            await asyncio.sleep(1)
+            assert statuses_of(bob.state, ann)["only in private"] == "queued"
+            assert not any(line.text == "only in private" for c in alice.state.chats for line in c.lines)
 
     asyncio.run(scenario())

@@ -169,11 +169,10 @@ def test_allow_plaintext(keys):
     n = Net()
     a = n.add(ALICE, keys["alice@example.org"], allow_plaintext=True)
     n.add(BOB, keys["bob@example.org"], allow_plaintext=True)
-    assert a.sending(BOB, "plain hi") == "plain hi"
-    n.post(ALICE, BOB, "plain hi")
-    assert n.pump() == [(BOB, "plain hi")]
-    a.start("bob@example.org")
-    n.pump()
+    wire = a.sending(BOB, "plain hi")
+    assert wire.startswith("plain hi \t  \t\t\t\t \t \t \t  "), "plain, with OTR's whitespace tag"
+    n.post(ALICE, BOB, wire)
+    assert n.pump() == [(BOB, "plain hi")], "the tag is taken off, and it starts the key exchange"
     assert a.state("bob@example.org") == "encrypted"
 
 

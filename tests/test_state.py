@@ -5,7 +5,8 @@ from dataclasses import replace
 from drivers.keys.events import KeyEvent
 from firmware import effects as fx
 from firmware.profile import ACCOUNTS_RECORD, SETTINGS_RECORD, Account, Contact, Profile, Settings
-from firmware.state import MENU, BootFinished, PhoneState, Tick, section_items, step
+from firmware.state import MENU, BootFinished, PhoneState, Tick, form_lines, section_items, step
+from firmware.ui.screens import screen_text
 from firmware.text_entry import keys_for
 
 NOW = 1_795_686_060.0
@@ -383,3 +384,62 @@ def test_down_mutes_once_the_sas_question_is_settled():
     assert take(press(muted, "down"))[1] == (fx.MuteCall("c1", False),)
     unverified = step(unlocked(), fx.CallChanged(call_view("connected", "secure", "k7f2")))
     assert take(press(unverified, "down"))[1] == (fx.VerifySas("c1", False),), "until then Down means 'differs'"
+
+
+ANN, BEN = "ann@byline.lab", "ben@byline.lab"
+CHATTY = Profile(accounts=(Account("xmpp", ANN, "pw"),), contacts=(Contact("Ben", chat=BEN),))
+
+
+def said(state: PhoneState, *texts: str, incoming: bool = True) -> PhoneState:
+    for text in texts:
+        state = step(state, fx.ChatLineAdded(ANN, BEN, fx.ChatLine(1.0, incoming, text, "received")))
+    return state
+
+
+def test_an_xmpp_account_form_shows_server_where_a_sip_one_shows_transport():
+    form = press(unlocked(), "ok", str(MENU.index("Accounts") + 1), "ok")
+    assert [line.split(":")[0] for line in form_lines(form.form)][5] == "Transport"
+    xmpp = press(form, "ok")  # Type: sip -> xmpp
+    lines = form_lines(xmpp.form)
+    assert lines[0] == "Type: xmpp" and lines[5] == "Server: " and lines[7:] == ("Save", "Register")
+    state, requests = take(press(xmpp, "down", "ok", *keys_for(ANN), "ok", "down", "ok", *keys_for("secret1"), "ok",
+                                 *["down"] * 6, "ok"))
+    assert requests == (fx.RegisterAccount(Account("xmpp", ANN, "secret1")),)
+    assert "secret1" not in repr(requests) and state.form.problem == "Registering..."
+
+
+def test_unread_messages_count_until_the_conversation_is_opened_and_light_nothing_once_read():
+    state = said(unlocked(CHATTY), "one", "two")
+    state = step(state, fx.ChatLineAdded(ANN, BEN, fx.ChatLine(1.0, True, "key changed", "notice")))
+    assert state.chats[0].unread == 2 and screen_text(state)[2] == "2 new messages"
+    opened = press(state, "ok", str(MENU.index("Messages") + 1), "ok")
+    assert opened.screen == "chat" and opened.chats[0].unread == 0
+    assert said(opened, "three").chats[0].unread == 0, "a message on the screen is read"
+
+
+def test_a_long_conversation_scrolls_and_stays_within_its_lines():
+    state = press(said(unlocked(CHATTY), *(f"message {i}" for i in range(10))), "ok",
+                  str(MENU.index("Messages") + 1), "ok")
+    assert screen_text(state)[-2] == "< message 9"
+    up = press(state, *["up"] * 30)
+    assert up.chat_scroll == 7 and screen_text(up)[2] == "< message 0"
+    assert press(up, *["down"] * 30).chat_scroll == 0
+
+
+def test_authorising_a_stranger_makes_them_a_contact_and_deny_does_not():
+    state = step(unlocked(CHATTY), fx.SubscriptionAsked(ANN, "eve@x.org"))
+    state = step(state, fx.SubscriptionAsked(ANN, "max@x.org"))
+    messages = press(state, "ok", str(MENU.index("Messages") + 1))
+    assert [i.label for i in section_items(messages)][:2] == ["? eve@x.org", "? max@x.org"]
+    denied, requests = take(press(messages, "ok", "down", "ok"))
+    assert requests == (fx.AnswerSubscription(ANN, "eve@x.org", "deny"),)
+    authorised, requests = take(press(denied, "ok", "ok"))
+    assert requests[0] == fx.AnswerSubscription(ANN, "max@x.org", "authorise")
+    assert authorised.profile.contacts[-1] == Contact("max", chat="max@x.org") and not authorised.chat_requests
+
+
+def test_the_lock_screen_hides_an_open_conversation():
+    state = press(said(unlocked(CHATTY), "secret plans"), "ok", str(MENU.index("Messages") + 1), "ok")
+    locked = step(state, Tick(state.now + 10_000))
+    assert locked.screen == "pin" and locked.chat_open is None
+    assert not any("secret plans" in line for line in screen_text(locked))

@@ -22,7 +22,8 @@ Contract:
 - ``receiving`` never raises for what the network sends: malformed, unreadable, oversized or
   NUL-carrying input gives :class:`OtrError` (and ``None``).
 - Policy: OTR v3 only, encryption required, AKE started on whitespace tags and OTR errors.
-  ``allow_plaintext=True`` drops "required" (plaintext messages pass and are shown).
+  ``allow_plaintext=True`` drops "required" (plaintext messages pass and are shown) and tags
+  plaintext messages with OTR's whitespace tag, so that a peer able to do OTR starts it.
 - No key material (private key, session keys, SMP secrets) appears in a repr, a log line or an
   exception message, and no address (who talks to whom is the journalist's secret too).
   Fingerprints and instance tags are public and may be logged.
@@ -259,6 +260,7 @@ _ffi.cdef(_CDEF_LIBC)
 POLICY_ALLOW_V2 = 0x02
 POLICY_ALLOW_V3 = 0x04
 POLICY_REQUIRE_ENCRYPTION = 0x08
+POLICY_SEND_WHITESPACE_TAG = 0x10
 POLICY_WHITESPACE_START_AKE = 0x20
 POLICY_ERROR_START_AKE = 0x40
 DEFAULT_POLICY = (POLICY_ALLOW_V3 | POLICY_REQUIRE_ENCRYPTION | POLICY_WHITESPACE_START_AKE
@@ -641,7 +643,10 @@ class OtrAccount:
         self._c_protocol = _ffi.new("char[]", protocol.encode())
         self._send = send
         self._on_event = on_event
-        self._policy = DEFAULT_POLICY & ~(POLICY_REQUIRE_ENCRYPTION if allow_plaintext else 0)
+        # Allowing plaintext is libotr's "opportunistic": plain messages carry the whitespace tag,
+        # so a peer that can do OTR starts it.
+        self._policy = (DEFAULT_POLICY & ~POLICY_REQUIRE_ENCRYPTION | POLICY_SEND_WHITESPACE_TAG
+                        if allow_plaintext else DEFAULT_POLICY)
         self._lock = threading.RLock()
         self._outbox: deque = deque()
         self._events: deque = deque()

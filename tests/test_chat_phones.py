@@ -42,8 +42,9 @@ async def menu(phone: ScenarioPhone, number: str) -> None:
     await phone.wait_screen("section")
 
 
-async def select(phone: ScenarioPhone, text: str) -> None:
-    """Move the selection of the open section, list or form to the first line containing ``text``, press OK."""
+async def select(phone: ScenarioPhone, text: str, skip: str = "\0") -> None:
+    """Move the selection of the open section, list or form to the first line containing ``text`` (and not
+    starting with ``skip``), press OK."""
     state = phone.state
     if state.screen == "list":
         labels, current = [item.label for item in state.choices.items], state.choices.selected
@@ -51,7 +52,7 @@ async def select(phone: ScenarioPhone, text: str) -> None:
         labels, current = list(form_lines(state.form)), state.form.selected
     else:
         labels, current = [item.label for item in section_items(state)], state.section_index
-    index = next((i for i, label in enumerate(labels) if text in label), None)
+    index = next((i for i, label in enumerate(labels) if text in label and not label.startswith(skip)), None)
     assert index is not None, f"{text!r} is not among {labels}"
     await phone.press(*(["down"] * (index - current) if index >= current else ["up"] * (current - index)), "ok")
 
@@ -98,7 +99,7 @@ async def open_chat(phone: ScenarioPhone, name: str) -> None:
     if not any(name in line for line in screen_text(phone.state)):
         await select(phone, "+ New chat")
         await phone.wait_screen("list")
-    await select(phone, name)
+    await select(phone, name, skip="? ")  # a conversation, not a subscription request
     await phone.wait_screen("chat")
 
 
@@ -502,5 +503,33 @@ def test_an_account_that_allows_plain_messages_says_so_and_one_that_requires_otr
             await asyncio.sleep(1)
             assert statuses_of(bob.state, ann)["only in private"] == "queued"
             assert not any(line.text == "only in private" for c in alice.state.chats for line in c.lines)
+
+    asyncio.run(scenario())
+
+
+def test_one_phone_with_two_chat_accounts_answers_from_the_account_it_was_written_to(xmpp_lab, tmp_path):
+    lab = xmpp_lab
+
+    async def scenario():
+        password = "Pw-" + unique("")
+        first, second, ben = unique("one"), unique("two"), unique("ben")
+        async with phone(lab, tmp_path / "two") as both, phone(lab, tmp_path / "ben") as bob:
+            await both.set_up_pin()
+            for user in (first, second):
+                await xmpp_account(both, lab, user, password, register=True)
+            await bob.set_up_pin()
+            await xmpp_account(bob, lab, ben, password, register=True)
+            await chat_contact(bob, "Second", lab.xmpp.jid(second))
+            await open_chat(bob, "Second")
+            await say(bob, "to the second")
+            key = (lab.xmpp.jid(second), lab.xmpp.jid(ben))
+            await both.supervisor.wait_for(lambda s: any(c.key == key and c.lines for c in s.chats), NETWORK_S)
+            assert not any(c.account == lab.xmpp.jid(first) for c in both.state.chats)
+            await open_chat(both, lab.xmpp.jid(ben))
+            assert both.state.chat_open == key
+            await shown(both, "to the second")
+            await say(both, "from the second")
+            await shown(bob, "from the second")
+            assert bob.state.chat_open == (lab.xmpp.jid(ben), lab.xmpp.jid(second))
 
     asyncio.run(scenario())

@@ -127,7 +127,10 @@ request_route {
     }
     route(AUTHENTICATE);
     if (is_method("REGISTER")) {
-        if (!save("location")) {
+        # 0x04: the newest registration replaces the user's earlier ones. One device per lab user:
+        # a test phone killed without unregistering must not be forked every later call (the
+        # proxy would wait for its dead branch before answering the caller).
+        if (!save("location", "0x04")) {
             sl_reply_error();
         }
         exit;

@@ -39,7 +39,7 @@ from firmware.profile import Account
 from firmware.state import PhoneState
 from firmware.store import StoreError
 from firmware.store_unit import StoreAccess
-from firmware.units import AudioRoute, Unit
+from firmware.units import AudioRoute, GuardedTasks, Unit
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class CallsUnit(Unit):
         self._accounts: dict[str, Account] = {}
         self._calls: dict[str, _Call] = {}
         self._zid_cache: ZidCache | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = GuardedTasks("calls: a request")
         self._history_on = False
         self._log_loaded = False
         self._routes: dict[str, str] = {}
@@ -93,8 +93,7 @@ class CallsUnit(Unit):
         self._spawn(self._watch_network())
 
     def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         self._audio.media = None
         for call in self._calls.values():
             call.media.close()
@@ -168,17 +167,7 @@ class CallsUnit(Unit):
         self._spawn(handler(request))
 
     def _spawn(self, coroutine) -> None:
-        task = asyncio.get_running_loop().create_task(self._guarded(coroutine))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _guarded(self, coroutine) -> None:
-        try:
-            await coroutine
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug or a peer's surprise costs one call, never the phone
-            log.exception("calls: a request failed")
+        self._tasks.spawn(coroutine)
 
     async def _place(self, request: fx.PlaceCall) -> None:
         account = self._accounts.get(request.account)

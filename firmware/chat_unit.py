@@ -52,7 +52,7 @@ from firmware.profile import Account, split_server
 from firmware.state import PhoneState
 from firmware.store import StoreError
 from firmware.store_unit import StoreAccess
-from firmware.units import Unit
+from firmware.units import GuardedTasks, Unit
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ ACCOUNT_RECORD = "chat:{}"
 OUTBOX_RECORD = "chat-outbox:{}"
 HISTORY_PREFIX = "msg:"
 OTR_POLL_S = 10.0
+EXPECTED_FAILURES = (XmppError, OtrFailure)
+"""What a request can meet in normal use (no connection, a refusal): said to the owner, no traceback."""
 OTR_WHITESPACE_TAG = " \t  \t\t\t\t \t \t \t  "
 """The start of OTR's whitespace tag: a plain message that carries it makes libotr start the AKE itself."""
 
@@ -108,7 +110,7 @@ class ChatUnit(Unit):
         self._contacts: dict[str, tuple[str, str]] = {}
         self._history_on = False
         self._history_loaded = False
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = GuardedTasks("chat: a request", self._request_failed, expected=EXPECTED_FAILURES)
 
     def start(self, post: Callable[[object], None]) -> None:
         if not otr_events.available():
@@ -117,8 +119,7 @@ class ChatUnit(Unit):
         self._spawn(self._poll_otr())
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         for address in list(self._sessions):
             await self._close(address)
 
@@ -479,20 +480,11 @@ class ChatUnit(Unit):
                     session.otr.poll()
 
     def _spawn(self, coroutine) -> None:
-        task = asyncio.get_running_loop().create_task(self._guarded(coroutine))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coroutine)
 
-    async def _guarded(self, coroutine) -> None:
-        try:
-            await coroutine
-        except asyncio.CancelledError:
-            raise
-        except (XmppError, OtrFailure) as e:
-            self._post(fx.ChatFailed(str(e)))
-        except Exception:  # a bug costs one request, never the phone
-            log.exception("chat: a request failed")
-            self._post(fx.ChatFailed("chat: that did not work (see the log)"))
+    def _request_failed(self, error: Exception) -> None:
+        expected = isinstance(error, EXPECTED_FAILURES)  # their messages are meant for the owner
+        self._post(fx.ChatFailed(str(error) if expected else "chat: that did not work (see the log)"))
 
     # The store.
 

@@ -57,6 +57,42 @@ class Unit:
         network); the supervisor awaits it, for a bounded time."""
 
 
+class GuardedTasks:
+    """A unit's background work: coroutines run as tasks on the loop, each guarded, so a bug or a
+    peer's surprise costs that one task, never the phone. An exception is logged (with ``what``
+    naming the unit's work; one line for the ``expected`` kinds, a traceback for others), then
+    ``failed(error)`` is told; ``cancel()`` stops them all."""
+
+    def __init__(self, what: str, failed: Callable[[Exception], None] | None = None,
+                 expected: tuple[type[Exception], ...] = ()):
+        self._what = what
+        self._failed = failed
+        self._expected = expected
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(coroutine))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _guarded(self, coroutine) -> None:
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if isinstance(e, self._expected):
+                log.warning("%s failed: %s", self._what, e)
+            else:
+                log.exception("%s failed", self._what)
+            if self._failed is not None:
+                self._failed(e)
+
+
 class MissingUnit(Unit):
     """A unit that could not even be loaded: it fails to start with ``reason``, so it is reported
     like a missing device, and its requests are answered as unavailable."""

@@ -59,6 +59,7 @@ from firmware.chat.xmpp import (
     XmppClient,
     XmppError,
 )
+from lab.users import read_password
 
 log = logging.getLogger("lab.chat_echo")
 
@@ -277,19 +278,6 @@ def _write_private(path: Path, data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
-
-
-def read_password(source: str) -> str:
-    """The first line of file ``source`` (``-``: standard input), without its line ending."""
-    if source == "-":
-        text = sys.stdin.readline()
-    else:
-        with open(source, encoding="utf-8") as file:
-            text = file.readline()
-    password = text.rstrip("\r\n")
-    if not password:
-        raise ValueError("the password file is empty")
-    return password
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

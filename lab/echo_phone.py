@@ -46,6 +46,7 @@ from firmware.calls.sip import (
     split_name_addr,
 )
 from firmware.calls.zrtp import ZidCache
+from lab.users import read_password
 
 log = logging.getLogger("lab.echo_phone")
 
@@ -291,19 +292,6 @@ class EchoPhone:
 def registrar_hostport(registrar: str) -> str:
     """``host:port`` of a registrar URI like ``sip:127.0.0.1:5060`` (parameters dropped)."""
     return registrar.removeprefix("sips:").removeprefix("sip:").split(";", 1)[0]
-
-
-def read_password(source: str) -> str:
-    """The first line of file ``source`` (``-``: standard input), without its line ending."""
-    if source == "-":
-        text = sys.stdin.readline()
-    else:
-        with open(source, encoding="utf-8") as file:
-            text = file.readline()
-    password = text.rstrip("\r\n")
-    if not password:
-        raise ValueError("the password file is empty")
-    return password
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

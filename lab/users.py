@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import sys
 
 # Valid as an XMPP localpart and a SIP user part alike, with no quoting anywhere.
 USER_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -27,3 +28,16 @@ def check_user(name: str, password: str) -> None:
         raise ValueError(
             f"the password of lab user {name!r} must be 1-128 of A-Z a-z 0-9 and _ . ~ ! * + = , ; : @ / -"
         )
+
+
+def read_password(source: str) -> str:
+    """The first line of file ``source`` (``-``: standard input), without its line ending."""
+    if source == "-":
+        text = sys.stdin.readline()
+    else:
+        with open(source, encoding="utf-8") as file:
+            text = file.readline()
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ValueError("the password file is empty")
+    return password

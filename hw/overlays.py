@@ -1,21 +1,28 @@
-"""Device-tree overlay sources for the keypad and the hook switch, rendered from the pin map.
+"""Device-tree overlay sources for the keypad, the hook switch and the TPM, rendered from the pin map.
 
-The .dts files in hw/overlays/ are this module's output (written by ``python3 -m hw.wiring``),
-so their GPIO numbers always equal hw/pinmap.toml. They serve kernels that have the
-``gpio-matrix-keypad`` and ``gpio-keys`` drivers (Raspberry Pi OS kernels); the firmware then
-reads the keys through evdev. Constants are numeric because dtc alone cannot resolve the
-kernel's dt-bindings headers; each carries the name of the macro it stands for.
+The generated .dts files in hw/overlays/ are this module's output (written by
+``python3 -m hw.wiring``), so their GPIO numbers always equal hw/pinmap.toml. The keypad and hook
+overlays serve kernels that have the ``gpio-matrix-keypad`` and ``gpio-keys`` drivers (Raspberry
+Pi OS kernels); the firmware then reads the keys through evdev. The TPM overlay is written
+against the mainline (upstream Linux) device trees that Debian's kernel ships, whose SPI0 node is
+labelled ``spi`` (the Raspberry Pi downstream tree calls it ``spi0``). The WM8960 overlay
+(byline-wm8960.dts) uses only SoC-fixed pins and is written by hand.
+Constants are numeric because dtc alone cannot resolve the kernel's dt-bindings headers; each
+carries the name of the macro it stands for.
 """
 
 from __future__ import annotations
 
 from drivers.pinmap import PinMap
+from hw.buses import TpmWiring
 
 # include/dt-bindings/gpio/gpio.h
 GPIO_ACTIVE_HIGH = 0
 GPIO_ACTIVE_LOW = 1
 # brcm,bcm2835-gpio pinctrl binding: brcm,function and brcm,pull values
 BCM2835_FSEL_GPIO_IN = 0
+BCM2835_FSEL_GPIO_OUT = 1
+BCM2835_FSEL_ALT0 = 4
 BCM2835_PUD_UP = 2
 # include/uapi/linux/input-event-codes.h
 EV_SW = 0x05
@@ -41,6 +48,9 @@ HOOK_DEBOUNCE_MS = 20  # a lever microswitch bounces for a few milliseconds
 
 KEYPAD_DTS = "byline-keypad.dts"
 HOOK_DTS = "byline-hook.dts"
+TPM_DTS = "byline-tpm-slb9670.dts"
+WM8960_DTS = "byline-wm8960.dts"  # hand-written: its pins are the SoC's, not the pin map's
+TPM_COMPATIBLE = ("infineon,slb9670", "tcg,tpm_tis-spi")
 
 _GENERATED_BANNER = """\
 /*
@@ -182,6 +192,64 @@ def render_hook(pinmap: PinMap) -> str:
     )
 
 
-def render_overlays(pinmap: PinMap) -> dict[str, str]:
-    """Every overlay source by file name (relative to hw/overlays/)."""
-    return {KEYPAD_DTS: render_keypad(pinmap), HOOK_DTS: render_hook(pinmap)}
+def render_tpm(tpm: TpmWiring) -> str:
+    """The SLB9670 overlay: SPI0 on its ALT0 pins, GPIO chip selects, the TPM on ``tpm.chip_select``.
+
+    Written against the mainline device tree (bcm283x.dtsi: node ``spi@7e204000`` labelled
+    ``spi``, disabled, no pinctrl). The chip selects are GPIO chip selects (``cs-gpios``), as
+    in the Raspberry Pi tree: it works the same on BCM2837 and BCM2711, whatever the kernel's
+    native chip-select handling. CE0 is claimed too, for the optional SPI OLED.
+    """
+    data = " ".join(str(p) for p in tpm.data_pins)
+    cs = " ".join(str(p) for p in tpm.cs_gpios)
+    cs_cells = ", ".join(f"<&gpio {pin} {GPIO_ACTIVE_LOW}>" for pin in tpm.cs_gpios)
+    compatible = ", ".join(f'"{c}"' for c in TPM_COMPATIBLE)
+    description = f"""\
+ * Byline TPM: an Infineon SLB9670 TPM 2.0 on SPI0 chip select {tpm.chip_select} (GPIO {tpm.cs_pin}), for the
+ * mainline device tree of Debian's kernel (SPI0 is the node labelled `spi` there). RST# is on no
+ * GPIO (pulled up to 3V3) and PIRQ# is not wired: tpm_tis_spi polls. Gives /dev/tpm0 and /dev/tpmrm0."""
+    return (
+        _GENERATED_BANNER.format(description=description)
+        + f"""
+/ {{
+	compatible = "brcm,bcm2835";
+
+	fragment@0 {{
+		target = <&gpio>;
+		__overlay__ {{
+			byline_spi0_pins: byline-spi0-pins {{
+				brcm,pins = <{data}>;	/* MISO MOSI SCLK */
+				brcm,function = <{BCM2835_FSEL_ALT0}>;	/* ALT0: SPI0 */
+			}};
+			byline_spi0_cs_pins: byline-spi0-cs-pins {{
+				brcm,pins = <{cs}>;	/* CE0 CE1 */
+				brcm,function = <{BCM2835_FSEL_GPIO_OUT}>;	/* output: GPIO chip selects */
+			}};
+		}};
+	}};
+
+	fragment@1 {{
+		target = <&spi>;
+		__overlay__ {{
+			#address-cells = <1>;
+			#size-cells = <0>;
+			pinctrl-names = "default";
+			pinctrl-0 = <&byline_spi0_pins &byline_spi0_cs_pins>;
+			cs-gpios = {cs_cells};	/* CE0, CE1: GPIO_ACTIVE_LOW */
+			status = "okay";
+
+			byline_tpm: tpm@{tpm.chip_select} {{
+				compatible = {compatible};
+				reg = <{tpm.chip_select}>;	/* CE{tpm.chip_select} */
+				spi-max-frequency = <{tpm.spi_max_hz}>;
+			}};
+		}};
+	}};
+}};
+"""
+    )
+
+
+def render_overlays(pinmap: PinMap, tpm: TpmWiring) -> dict[str, str]:
+    """Every generated overlay source by file name (relative to hw/overlays/)."""
+    return {KEYPAD_DTS: render_keypad(pinmap), HOOK_DTS: render_hook(pinmap), TPM_DTS: render_tpm(tpm)}

@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as a file: make `drivers` and `hw` importab
 
 from drivers.errors import DeviceError  # noqa: E402
 from drivers.pinmap import DEFAULT_PINMAP, PinMap, load_pinmap  # noqa: E402
+from hw.buses import I2C1, I2S, SPI0, UART0, TpmWiring, load_tpm_wiring  # noqa: E402
 from hw.overlays import render_overlays  # noqa: E402
 
 WIRING_MD = HW_DIR / "wiring.md"
@@ -51,11 +52,7 @@ HEADER: tuple[int | str, ...] = (
 )
 PHYSICAL_PIN = {bcm: i + 1 for i, bcm in enumerate(HEADER) if isinstance(bcm, int)}
 
-# Fixed by the SoC's pin functions, not by the pin map.
-I2C1 = {"SDA": 2, "SCL": 3}
-I2S = {"BCLK": 18, "LRCLK": 19, "DIN": 20, "DOUT": 21}
-SPI0 = {"MOSI": 10, "MISO": 9, "SCLK": 11, "CE0": 8, "CE1": 7}
-UART0 = {"TXD": 14, "RXD": 15}
+# The bus pins (I2C1, I2S, SPI0, UART0) are fixed by the SoC's pin functions: hw/buses.py.
 # Plug-on SLB9670 boards (LetsTrust TPM, Infineon Iridium) sit on header pins 17-26 and tie the
 # TPM's RST# to BCM 24. Linux's tpm-slb9670 overlay never drives that line, so a hand-wired
 # module works with RST# simply held high.
@@ -111,8 +108,15 @@ def supply(signal: str, pin: int, other_end: str) -> Wire:
     return Wire(signal, name, pin, other_end, colour)
 
 
-def wiring_groups(pinmap: PinMap) -> list[tuple[str, list[Wire]]]:
-    """Every wire of the handset, grouped by table, in the order a person solders them."""
+def wiring_groups(pinmap: PinMap, tpm: TpmWiring | None = None) -> list[tuple[str, list[Wire]]]:
+    """Every wire of the handset, grouped by table, in the order a person solders them.
+
+    ``tpm`` is the pin map's [spi0]/[tpm] sections (default: those of hw/pinmap.toml).
+    """
+    tpm = tpm or load_tpm_wiring()
+    spi0 = tpm.spi0
+    chip_select_users = {"CE0": "SPI OLED CS (SPI variant only)", "CE1": "SPI OLED CS (SPI variant only)"}
+    chip_select_users[f"CE{tpm.chip_select}"] = "TPM CS#"
     rows = [
         gpio(f"Keypad row R{r + 1}", pin, "keys " + " ".join(pinmap.keys[r]), ROW_COLOURS[r % len(ROW_COLOURS)])
         for r, pin in enumerate(pinmap.rows)
@@ -148,11 +152,11 @@ def wiring_groups(pinmap: PinMap) -> list[tuple[str, list[Wire]]]:
             gpio("I2S DOUT (Pi to codec DAC)", I2S["DOUT"], "WM8960 DACDAT", HAT_SOCKET),
         ]),
         ("SPI0: TPM and the optional SPI OLED", [
-            gpio("SPI0 MOSI", SPI0["MOSI"], "TPM MOSI; SPI OLED D1/SDA", "green"),
-            gpio("SPI0 MISO", SPI0["MISO"], "TPM MISO", "blue"),
-            gpio("SPI0 SCLK", SPI0["SCLK"], "TPM SCLK; SPI OLED D0/CLK", "yellow"),
-            gpio("SPI0 CE0", SPI0["CE0"], "SPI OLED CS (SPI variant only)", "white"),
-            gpio("SPI0 CE1", SPI0["CE1"], "TPM CS#", "white"),
+            gpio("SPI0 MOSI", spi0["MOSI"], "TPM MOSI; SPI OLED D1/SDA", "green"),
+            gpio("SPI0 MISO", spi0["MISO"], "TPM MISO", "blue"),
+            gpio("SPI0 SCLK", spi0["SCLK"], "TPM SCLK; SPI OLED D0/CLK", "yellow"),
+            gpio("SPI0 CE0", spi0["CE0"], chip_select_users["CE0"], "white"),
+            gpio("SPI0 CE1", spi0["CE1"], chip_select_users["CE1"], "white"),
             gpio("OLED DC (SPI variant only)", pinmap.spi_dc, "SPI OLED DC", "grey"),
             gpio("OLED RST (SPI variant only)", pinmap.spi_reset, "SPI OLED RES", "purple"),
         ]),
@@ -215,9 +219,9 @@ def _notes(pinmap: PinMap, wires: list[Wire]) -> list[str]:
     return notes
 
 
-def render_wiring(pinmap: PinMap) -> str:
+def render_wiring(pinmap: PinMap, tpm: TpmWiring | None = None) -> str:
     """The Markdown between the pin markers of wiring.md; WiringError if two signals share a pin."""
-    groups = wiring_groups(pinmap)
+    groups = wiring_groups(pinmap, tpm)
     wires = [w for _, group in groups for w in group]
     clashes = shared_pins(wires)
     if clashes:
@@ -242,11 +246,12 @@ def replace_block(text: str, block: str) -> str:
 
 
 def generated_files(
-    pinmap: PinMap, wiring_md: Path = WIRING_MD, overlays_dir: Path = OVERLAYS_DIR
+    pinmap: PinMap, wiring_md: Path = WIRING_MD, overlays_dir: Path = OVERLAYS_DIR, tpm: TpmWiring | None = None
 ) -> dict[Path, str]:
-    """The content every generated file must have for this pin map."""
-    files = {wiring_md: replace_block(wiring_md.read_text(encoding="utf-8"), render_wiring(pinmap))}
-    files.update({overlays_dir / name: text for name, text in render_overlays(pinmap).items()})
+    """The content every generated file must have for this pin map (``tpm``: its [spi0]/[tpm])."""
+    tpm = tpm or load_tpm_wiring()
+    files = {wiring_md: replace_block(wiring_md.read_text(encoding="utf-8"), render_wiring(pinmap, tpm))}
+    files.update({overlays_dir / name: text for name, text in render_overlays(pinmap, tpm).items()})
     return files
 
 
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated file is stale")
     args = parser.parse_args(argv)
     try:
-        files = generated_files(load_pinmap(args.pinmap))
+        files = generated_files(load_pinmap(args.pinmap), tpm=load_tpm_wiring(args.pinmap))
     except (DeviceError, ValueError, OSError) as e:
         print(f"wiring: {e}", file=sys.stderr)
         return 1

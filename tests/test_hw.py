@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from drivers.pinmap import DEFAULT_PINMAP, PinMap, load_pinmap
-from hw import overlays, wiring
+from hw import buses, overlays, wiring
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT_EVENT_CODES = Path("/usr/include/linux/input-event-codes.h")  # linux-libc-dev, via python3-dev
 COMMAND_TIMEOUT_S = 30
 UNRESOLVED_PHANDLE = 0xFFFFFFFF  # what dtc writes for a reference the overlay loader fills in
+OVERLAY_SOURCES = sorted((REPO / "hw" / "overlays").glob("*.dts"))
+# Labels the mainline (upstream Linux) bcm283x.dtsi defines and the overlays may refer to. The
+# Raspberry Pi downstream tree's names (spi0, sound, i2s_gpio18, vdd_3v3_reg, ...) would leave
+# an overlay unresolvable on Debian's kernel.
+MAINLINE_LABELS = {"gpio", "i2s", "i2c1", "spi"}
 TABLE_ROW = re.compile(r"^\| (?P<signal>[^|]+?) \| (?P<source>[^|]+?) \| (?P<pin>\d+) \| [^|]+ \| [^|]+ \|$")
 
 
@@ -45,8 +52,13 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
 
 
+def require_dtc() -> None:
+    assert shutil.which("dtc"), "dtc not found: install the Debian package device-tree-compiler (apt-get install -y device-tree-compiler)"
+
+
 def compile_overlay(source: Path, out_dir: Path) -> dict[tuple[str, str], list[int] | list[str]]:
     """Build ``source`` with dtc, decompile the .dtbo and return its properties by (node, name)."""
+    require_dtc()
     dtbo = out_dir / (source.stem + ".dtbo")
     built = run(["dtc", "-@", "-I", "dts", "-O", "dtb", "-o", str(dtbo), str(source)])
     assert built.returncode == 0 and built.stderr == "", f"dtc {source.name}:\n{built.stderr}"
@@ -91,7 +103,12 @@ def test_header_table_is_the_standard_40_pin_header():
 
 def test_generated_files_match_the_pin_map(pinmap):
     files = wiring.generated_files(pinmap)
-    assert set(files) == {wiring.WIRING_MD, wiring.OVERLAYS_DIR / "byline-keypad.dts", wiring.OVERLAYS_DIR / "byline-hook.dts"}
+    assert set(files) == {
+        wiring.WIRING_MD,
+        wiring.OVERLAYS_DIR / "byline-keypad.dts",
+        wiring.OVERLAYS_DIR / "byline-hook.dts",
+        wiring.OVERLAYS_DIR / "byline-tpm-slb9670.dts",
+    }
     assert wiring.stale_files(files) == [], "run: python3 -m hw.wiring"
 
 
@@ -176,3 +193,151 @@ def test_hook_overlay_follows_an_active_high_hook_switch(tmp_path):
     props = compile_overlay(source, tmp_path)
     gpios = props["fragment@1/__overlay__/byline-hook/hook-switch", "gpios"]
     assert gpio_numbers(gpios, flags=overlays.GPIO_ACTIVE_HIGH) == [high.hook]
+
+
+def test_every_overlay_is_found():
+    names = {source.name for source in OVERLAY_SOURCES}
+    assert {overlays.KEYPAD_DTS, overlays.HOOK_DTS, overlays.TPM_DTS, overlays.WM8960_DTS} <= names
+
+
+@pytest.mark.parametrize("source", OVERLAY_SOURCES, ids=lambda source: source.name)
+def test_every_overlay_builds_without_warnings(source, tmp_path):
+    props = compile_overlay(source, tmp_path)
+    assert props, f"{source.name} compiled to an empty tree"
+    # Every reference to the base tree is a label the mainline device tree defines.
+    assert {label for (node, label) in props if node == "__fixups__"} <= MAINLINE_LABELS
+
+
+def test_no_pin_map_gpio_is_on_a_bus_pin(pinmap):
+    """The keypad, hook, LEDs and ringer stay off I2C1, I2S and SPI0 (the HAT and the TPM need them)."""
+    bus_pins = {
+        **{pin: f"I2C1 {name}" for name, pin in buses.I2C1.items()},
+        **{pin: f"I2S {name}" for name, pin in buses.I2S.items()},
+        **{pin: f"SPI0 {name}" for name, pin in buses.SPI0.items()},
+    }
+    used = {*pinmap.all_pins(), pinmap.spi_dc, pinmap.spi_reset}
+    assert {pin: bus_pins[pin] for pin in used if pin in bus_pins} == {}
+
+
+def test_pin_map_lists_the_spi0_pins_and_the_tpm():
+    tpm = buses.load_tpm_wiring()
+    assert tpm.spi0 == buses.SPI0
+    assert tpm.chip_select == 1 and tpm.cs_pin == buses.SPI0["CE1"] == 7
+    text = wiring.WIRING_MD.read_text()
+    assert f"| SPI0 CE1 | 7 | {wiring.physical_pin(7)} | TPM CS# |" in text
+
+
+def test_a_pin_map_that_moves_an_spi0_pin_is_refused(tmp_path, capsys):
+    bad = write_pinmap(tmp_path / "pinmap.toml", **{"ce1 = 7": "ce1 = 22"})
+    assert wiring.main(["--pinmap", str(bad), "--check"]) == 1
+    assert "SPI0 pins are fixed by the SoC: CE1 = 22 (the SoC has it on GPIO 7)" in capsys.readouterr().err
+
+
+def test_a_pin_map_without_the_tpm_section_is_refused(tmp_path, capsys):
+    lines = DEFAULT_PINMAP.read_text().split("\n[tpm]\n")[0]
+    bad = tmp_path / "pinmap.toml"
+    bad.write_text(lines + "\n")
+    assert wiring.main(["--pinmap", str(bad), "--check"]) == 1
+    assert "cannot read [spi0]/[tpm]" in capsys.readouterr().err
+
+
+def test_tpm_overlay_builds_with_the_pin_map(tmp_path):
+    tpm = buses.load_tpm_wiring()
+    props = compile_overlay(wiring.OVERLAYS_DIR / overlays.TPM_DTS, tmp_path)
+    bus = "fragment@1/__overlay__"
+    node = f"{bus}/tpm@{tpm.chip_select}"
+    assert props[node, "compatible"] == ["infineon,slb9670", "tcg,tpm_tis-spi"]
+    assert props[node, "reg"] == [tpm.chip_select]
+    assert props[node, "spi-max-frequency"] == [tpm.spi_max_hz]
+    # GPIO chip selects in chip-select order: the TPM's is CE1 = GPIO 7.
+    cs = gpio_numbers(props[bus, "cs-gpios"])
+    assert cs == [buses.SPI0["CE0"], buses.SPI0["CE1"]] and cs[tpm.chip_select] == tpm.cs_pin == 7
+    assert props[bus, "status"] == ["okay"]
+    pins = "fragment@0/__overlay__"
+    assert sorted(props[f"{pins}/byline-spi0-pins", "brcm,pins"]) == sorted([9, 10, 11])
+    assert props[f"{pins}/byline-spi0-pins", "brcm,function"] == [overlays.BCM2835_FSEL_ALT0]
+    assert props[f"{pins}/byline-spi0-cs-pins", "brcm,pins"] == [8, 7]
+    assert props[f"{pins}/byline-spi0-cs-pins", "brcm,function"] == [overlays.BCM2835_FSEL_GPIO_OUT]
+    # Mainline names SPI0 `spi` (downstream: `spi0`).
+    assert props["__fixups__", "spi"] == ["/fragment@1:target:0"]
+
+
+def test_tpm_overlay_follows_the_chip_select(tmp_path):
+    ce0 = buses.load_tpm_wiring(write_pinmap(tmp_path / "pinmap.toml", chip_select="chip_select = 0"))
+    source = tmp_path / overlays.TPM_DTS
+    source.write_text(overlays.render_tpm(ce0))
+    props = compile_overlay(source, tmp_path)
+    assert props["fragment@1/__overlay__/tpm@0", "reg"] == [0]
+    assert ce0.cs_pin == 8
+
+
+def test_wm8960_overlay_builds_for_the_mainline_tree(tmp_path):
+    props = compile_overlay(wiring.OVERLAYS_DIR / overlays.WM8960_DTS, tmp_path)
+    pins = "fragment@0/__overlay__"
+    assert props[f"{pins}/byline-i2s-pins", "brcm,pins"] == [buses.I2S[s] for s in ("BCLK", "LRCLK", "DIN", "DOUT")]
+    assert props[f"{pins}/byline-i2c1-pins", "brcm,pins"] == [buses.I2C1["SDA"], buses.I2C1["SCL"]]
+    for group in ("byline-i2s-pins", "byline-i2c1-pins"):
+        assert props[f"{pins}/{group}", "brcm,function"] == [overlays.BCM2835_FSEL_ALT0]
+    # The I2S block: enabled, and given the #sound-dai-cells mainline lacks.
+    assert props["fragment@1/__overlay__", "#sound-dai-cells"] == [0]
+    assert props["fragment@1/__overlay__", "status"] == ["okay"]
+    codec = "fragment@2/__overlay__/audio-codec@1a"
+    assert props[codec, "compatible"] == ["wlf,wm8960"]
+    assert props[codec, "reg"] == [0x1A]
+    assert props["fragment@3/__overlay__/byline-wm8960-mclk", "clock-frequency"] == [12_288_000]
+    card = "fragment@3/__overlay__/byline-sound"
+    assert props[card, "compatible"] == ["simple-audio-card"]
+    assert props[card, "simple-audio-card,format"] == ["i2s"]
+    # The codec is bit- and frame-clock master: both point at the codec DAI link's phandle.
+    codec_dai = props[f"{card}/simple-audio-card,codec", "phandle"]
+    assert props[card, "simple-audio-card,bitclock-master"] == codec_dai
+    assert props[card, "simple-audio-card,frame-master"] == codec_dai
+    assert props[f"{card}/simple-audio-card,codec", "sound-dai"] == props[codec, "phandle"]
+    assert props[f"{card}/simple-audio-card,codec", "clocks"] == props["fragment@3/__overlay__/byline-wm8960-mclk", "phandle"]
+    assert props[f"{card}/simple-audio-card,cpu", "sound-dai"] == [UNRESOLVED_PHANDLE]  # &i2s
+    assert set(props["__fixups__", "i2s"]) == {
+        "/fragment@1:target:0",
+        f"/{card}/simple-audio-card,cpu:sound-dai:0",
+    }
+    # ALSA makes the card id from its name without the punctuation: hw/handset.toml's CARD=.
+    name = props[card, "simple-audio-card,name"][0]
+    handset = tomllib.loads((REPO / "hw" / "handset.toml").read_text())
+    for key in ("capture_device", "playback_device"):
+        assert handset["audio"][key].endswith("CARD=" + re.sub(r"[^A-Za-z0-9]", "", name))
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table of ``text`` as rows of stripped cells (the separator row left out)."""
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if not all(set(cell) <= set("-: ") for cell in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_bom_prices_add_up():
+    text = (REPO / "hw" / "bom.md").read_text()
+    assert "2026-11" in text and "indicative" in text
+    subtotals = []
+    for header, *rows in markdown_tables(text):
+        if "Line (EUR)" not in header:
+            continue
+        qty, each, line = header.index("Qty"), header.index("Each (EUR)"), header.index("Line (EUR)")
+        running = 0.0
+        for row in rows:
+            if row[0].startswith("**Subtotal"):
+                subtotals.append(float(row[line].strip("*")))
+                assert subtotals[-1] == pytest.approx(running), row[0]
+            elif row[line] != "—":
+                assert int(row[qty]) * float(row[each]) == pytest.approx(float(row[line])), row[0]
+                running += float(row[line])
+    total_table = next(t for t in markdown_tables(text) if t[0] == ["Section", "EUR"])
+    *sections, total = total_table[1:]
+    assert [float(value) for _, value in sections] == pytest.approx(subtotals)
+    assert total[0] == "**Total, reference handset**"
+    assert float(total[1].strip("*")) == pytest.approx(sum(subtotals))

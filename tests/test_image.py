@@ -104,8 +104,9 @@ def test_partuuids_follow_the_fixed_disk_signature():
     assert build.PARTUUID_DATA == f"{build.DISK_SIGNATURE:08x}-03"
 
 
-def test_launcher_brings_the_supervisor_to_a_captured_frame(tmp_path):
-    """The image's entry point, run here with the image's config pointed at temporary directories."""
+def test_the_phone_with_the_images_config_draws_a_frame_and_stops_cleanly(tmp_path):
+    """The image's entry point (firmware.phone), run here with the image's config pointed at temporary
+    directories."""
     frames, state = tmp_path / "frames", tmp_path / "state"
     frames.mkdir()
     data = tomllib.loads((OVERLAY / "etc/byline/config.toml").read_text())
@@ -118,10 +119,8 @@ def test_launcher_brings_the_supervisor_to_a_captured_frame(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text(text)
     assert load_config(config).problems == ()
-    launcher = (OVERLAY / "usr/lib/byline/byline-phone").read_text().replace('"/opt/byline"', repr(str(ROOT)))
-    script = tmp_path / "byline-phone"
-    script.write_text(launcher)
-    proc = subprocess.Popen([sys.executable, str(script)], env=dict(os.environ, BYLINE_CONFIG=str(config)),
+    proc = subprocess.Popen([sys.executable, "-m", "firmware.phone", "--config", str(config)], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -1,0 +1,57 @@
+#!/bin/sh
+# Byline's layer on top of the cached Debian base rootfs (run by image/build.py on the build host,
+# as root, in a private mount namespace, with a copy of the base in $1 and /proc, /sys, /dev
+# mounted inside it).
+# Environment from build.py: BYLINE_REPO (the repo), BYLINE_WHEELS (wheelhouse with
+# requirements-image.txt), BYLINE_OUT (where the manifest, kernel and initrd go).
+set -eu
+R="$1"
+in_root() { chroot "$R" "$@"; }
+
+# the overlay, owned by root whoever checked out the repo
+tar -C "$BYLINE_REPO/image/overlay" --owner=0 --group=0 -cf - . | tar -C "$R" -xf -
+
+# the phone's user: no home, no shell, in the groups of the devices it drives
+in_root useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin byline
+for group in tss audio; do
+  if in_root getent group "$group" >/dev/null; then in_root usermod -a -G "$group" byline; fi
+done
+mkdir -p "$R/var/lib/byline"
+
+# the firmware and its Python packages (wheels built on the host: no compiler in the image)
+mkdir -p "$R/opt/byline"
+tar -C "$BYLINE_REPO" --owner=0 --group=0 --exclude=__pycache__ --exclude='*.pyc' -cf - firmware drivers hw \
+  | tar -C "$R/opt/byline" -xf -
+in_root python3 -m venv /opt/byline/venv
+mkdir -p "$R/tmp/wheels"
+cp "$BYLINE_WHEELS"/* "$R/tmp/wheels/"
+in_root env -u PIP_FIND_LINKS /opt/byline/venv/bin/pip install -q --disable-pip-version-check --no-index --find-links /tmp/wheels \
+  -r /tmp/wheels/requirements-image.txt
+rm -rf "$R/tmp/wheels"
+in_root /opt/byline/venv/bin/python -m compileall -q /opt/byline/firmware /opt/byline/drivers /usr/lib/byline/selftest.py
+# the venv's pip is not needed on a phone
+in_root env -u PIP_FIND_LINKS /opt/byline/venv/bin/pip uninstall -q -y pip setuptools
+
+# the manifest: every Debian package and every Python package at its exact version
+{
+  echo "# Byline image manifest: Debian packages (dpkg-query), then the venv's Python packages"
+  in_root dpkg-query -W -f='deb ${binary:Package} ${Version}\n'
+  in_root /opt/byline/venv/bin/python -c 'import importlib.metadata as m
+for d in sorted(m.distributions(), key=lambda d: d.metadata["Name"].lower()):
+    print("pypi", d.metadata["Name"] + "==" + d.version)'
+} > "$BYLINE_OUT/manifest.txt"
+
+# units: the phone on, the self-test (conditional on the kernel command line) on, no logins
+in_root systemctl enable byline.service byline-selftest.service
+in_root systemctl mask serial-getty@ttyS0.service getty@tty1.service console-getty.service \
+  systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
+in_root systemctl set-default multi-user.target
+
+# a machine-id made at each boot (root is read-only), nothing left of the build
+: > "$R/etc/machine-id"
+rm -f "$R/var/lib/dbus/machine-id"
+if [ -e "$R/usr/sbin/sshd" ] || [ -e "$R/usr/sbin/dropbear" ]; then echo "customize: an SSH server got in" >&2; exit 1; fi
+
+# the kernel and initrd for QEMU's direct boot (and the FAT boot partition)
+cp "$(ls "$R"/boot/vmlinuz-* | sort -V | tail -n1)" "$BYLINE_OUT/vmlinuz"
+cp "$(ls "$R"/boot/initrd.img-* | sort -V | tail -n1)" "$BYLINE_OUT/initrd.img"

@@ -84,8 +84,10 @@ SCHEMA: tuple[Setting, ...] = (
             one_of("lgpio", "mock")),
     Setting("gpio.pinmap", str(DEFAULT_PINMAP), "pin map file (hw/pinmap.toml)", text),
     Setting("keys.driver", "matrix",
-            "key input: matrix (GPIO key matrix scanned by Byline) or keyboard (the simulator's PC keyboard)",
-            one_of("matrix", "keyboard")),
+            "key input: matrix (GPIO key matrix scanned by Byline), keyboard (the simulator's PC keyboard) or "
+            "socket (key names written to keys.socket: the image's self-test)",
+            one_of("matrix", "keyboard", "socket")),
+    Setting("keys.socket", "", "the socket driver's Unix socket", text),
     Setting("keys.scan_hz", 100, "key matrix scan rate", integer(20, 1000)),
     Setting("keys.debounce_ms", 20, "a key must read the same this long before it counts", integer(0, 200)),
     Setting("indicators.enabled", True, "drive the LEDs and the ringer", flag),
@@ -103,6 +105,9 @@ SCHEMA: tuple[Setting, ...] = (
             "the owner can change it in Settings", integer(0, 3600)),
     Setting("security.state_dir", "/var/lib/byline/state",
             "the encrypted store's directory (on the phone: inside the LUKS2 data partition)", text),
+    Setting("security.data_volume", "",
+            "the data volume helper's socket (a device's LUKS2 partition holds the store); empty: the store's "
+            "files in security.state_dir", text),
     Setting("security.tpm", "auto",
             "TPM 2.0 holding the second key share: auto (/dev/tpmrm0 if present), none (then a long "
             "passphrase is required), or a TCTI string such as swtpm:host=127.0.0.1,port=2321", text),
@@ -120,6 +125,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("chat.enabled", True, "XMPP chat with OTR (slixmpp, libotr)", flag),
     Setting("chat.ca_file", "", "CA certificates (PEM) that XMPP servers are verified against; empty: "
             "the system's (an account's TLS pin replaces it)", text),
+    Setting("hooks.screen_text_file", "",
+            "test hook: write what the screen says to this file after every change (the image's self-test); "
+            "empty on a phone", text),
     Setting("lab.enabled", False, "start the built-in lab (local Prosody and Kamailio) with the phone", flag),
 )
 

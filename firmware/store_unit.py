@@ -30,6 +30,7 @@ from firmware.store.kdf import calibrate
 from firmware.store.records import Store
 from firmware.store.tpm import open_tpm
 from firmware.store.vault import Vault
+from firmware.store.volume import VolumeArea
 from firmware.units import Unit
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,17 @@ class StoreUnit(Unit):
         except OSError as e:
             raise DeviceError("store", "state_dir", f"cannot create {directory}: {e.strerror}") from None
         self._share = self._open_share(directory)
-        self._vault = Vault(directory, self._share, max_failures=self._config["security.wipe_after_failures"])
+        volume = self._config["security.data_volume"]
+        place = VolumeArea(Path(volume)) if volume else directory
+        self._vault = Vault(place, self._share, max_failures=self._config["security.wipe_after_failures"])
+        try:
+            exists = self._vault.exists()
+        except StoreError as e:  # the data volume's helper is missing or failing
+            self.stop()
+            raise DeviceError("store", "data_volume", str(e)) from None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="store")
-        exists = self._vault.exists()
-        log.info("store %s in %s; protection: %s", "found" if exists else "absent", directory, self.protection)
+        log.info("store %s in %s; protection: %s", "found" if exists else "absent", self._vault.area,
+                 self.protection)
         post(fx.StoreOpened(exists, self.protection, self._vault.min_secret_length))
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from pathlib import Path
 from typing import Callable
 
 from drivers.audio import AudioPump, open_audio
@@ -23,7 +24,7 @@ from firmware.config import SETTINGS, Config
 from firmware.conversations import unread_total
 from firmware.state import Event, PhoneState
 from firmware.tones import DialTone
-from firmware.ui.screens import render
+from firmware.ui.screens import render, screen_text
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,9 @@ class KeysUnit(Unit):
     def start(self, post: Callable[[Event], None]) -> None:
         settings = self._config.section("keys")
         driver = settings.pop("driver")
+        socket = settings.pop("socket")
+        if driver == "socket":
+            settings["socket"] = socket
         if driver == "matrix":
             settings.update(pin_factory=self._gpio.factory, pinmap=self._gpio.pinmap)
         self._source = open_keys(driver, **settings)
@@ -232,6 +236,27 @@ class IndicatorsUnit(Unit):
     def stop(self) -> None:
         if self.indicators is not None:
             self.indicators.close()
+
+
+class ScreenTextUnit(Unit):
+    """A test hook (the image's self-test cannot read an OLED): after every change, what the
+    screen says (``screen_text``, secrets masked as drawn) replaces the file ``hooks.screen_text_file``,
+    one line per screen line. Off unless that setting names a file."""
+
+    name = section = "hooks"
+
+    def __init__(self, config: Config):
+        self._path = Path(config["hooks.screen_text_file"])
+        self._last: tuple[str, ...] = ()
+
+    def show(self, state: PhoneState) -> None:
+        lines = screen_text(state)
+        if lines == self._last:
+            return
+        self._last = lines
+        temporary = self._path.with_name(self._path.name + ".new")
+        temporary.write_text("\n".join(lines) + "\n")
+        temporary.replace(self._path)
 
 
 class AudioRoute:
@@ -292,6 +317,8 @@ def build_units(config: Config, gpio: Gpio, route: AudioRoute) -> list[Unit]:
         units.append(IndicatorsUnit(config, gpio))
     if config["audio.enabled"]:
         units.append(AudioUnit(config, route))
+    if config["hooks.screen_text_file"]:
+        units.append(ScreenTextUnit(config))
     return units
 
 

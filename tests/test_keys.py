@@ -360,3 +360,33 @@ def test_registered_backends_open_by_name(monkeypatch):
     finally:
         slow.close()
         by_path.close()
+
+
+def test_the_socket_driver_turns_lines_into_presses_and_hook_moves(tmp_path):
+    """The image's self-test hook: key names written to a Unix socket become the phone's key events."""
+
+    async def scenario():
+        path = tmp_path / "keys.sock"
+        source = open_keys("socket", socket=str(path))
+        events = []
+        task = asyncio.get_running_loop().create_task(source.run(events.append))
+        for _ in range(100):
+            if path.exists():
+                break
+            await asyncio.sleep(0.01)
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        answers = []
+        for line in ("1", "ok", "lift", "dance", "hangup"):
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            answers.append((await reader.readline()).strip())
+        writer.close()
+        source.close()
+        task.cancel()
+        return events, answers
+
+    events, answers = asyncio.run(scenario())
+    assert answers == [b"ok", b"ok", b"ok", b"?", b"ok"]
+    assert events == [KeyEvent("1", True), KeyEvent("1", False), KeyEvent("ok", True), KeyEvent("ok", False),
+                      OFF_HOOK, ON_HOOK]

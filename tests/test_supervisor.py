@@ -182,3 +182,24 @@ def test_a_request_whose_unit_is_disabled_is_answered_with_the_reason(tmp_path):
     state = run(scenario())
     assert state.screen == "pin" and state.pin.hint.startswith("unavailable: security.tpm:")
     assert any(n.startswith("security.tpm: store:") for n in state.notices)
+
+
+def test_the_screen_text_hook_writes_what_the_screen_says(tmp_path):
+    """The image's self-test reads the screen from this file: it follows every change, secrets masked."""
+    from firmware.scenario import ScenarioPhone, headless_config
+
+    path = tmp_path / "screen.txt"
+
+    async def scenario():
+        async with ScenarioPhone(headless_config(hooks__screen_text_file=str(path))) as phone:
+            await phone.wait_screen("pin")
+            assert path.read_text().splitlines()[0] == "Choose PIN"
+            await phone.press("1", "2", "3")
+            assert "123" not in path.read_text()
+            await phone.press("4", "5", "6", "ok", "1", "2", "3", "4", "5", "6", "ok")
+            await phone.wait_screen("home")
+            await phone.supervisor.settled()
+            return path.read_text()
+
+    shown = asyncio.run(scenario())
+    assert "Menu" not in shown and "No account" in shown

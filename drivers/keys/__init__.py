@@ -13,6 +13,8 @@ A backend is opened by name, ``open_keys(driver, **settings)``, and returns a Ke
 - "matrix" (``drivers.keys.matrix``): the handset's key matrix and hook switch scanned through
   gpiozero; settings ``pin_factory`` ("lgpio" | "mock" | a Factory), ``pinmap``, ``scan_hz``,
   ``debounce_ms``. On "mock" the wires are simulated by ``drivers.keys.mock_wiring``.
+- "socket" (``drivers.keys.socket_keys``): key names written as lines to a Unix socket (setting
+  ``socket``): the test hook where nobody presses keys (the image's self-test).
 
 More backends plug in with ``register_backend(name, opener)`` or one line in ``BACKENDS``.
 """

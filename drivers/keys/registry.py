@@ -23,6 +23,7 @@ class KeySource(Protocol):
 
 BACKENDS: dict[str, str | Callable[..., KeySource]] = {
     "matrix": "drivers.keys.matrix:open_matrix_keypad",
+    "socket": "drivers.keys.socket_keys:open_socket_keys",
 }
 """Backend name -> opener. An opener takes the backend's settings as keyword arguments (each with
 a default) and returns a KeySource. It is given as a callable or, so that naming a backend imports

@@ -54,7 +54,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -83,6 +83,7 @@ PIN_KEY_BYTES = 32
 AUTH_BYTES = 32
 VERIFIER_BYTES = 32
 LABEL_KEK = b"byline vault v1: key-encryption key"
+LABEL_VOLUME = b"byline vault v1: data volume key"
 
 PROTECTION_PASSPHRASE = "passphrase (no TPM)"
 MIN_PIN_DIGITS = 6
@@ -233,27 +234,15 @@ def _kek(pin_key: bytes, share: bytes | None) -> bytes:
     return derive_key(pin_key + (share or b""), LABEL_KEK)
 
 
-class Vault:
-    """The store in ``directory``: its header, its wrong-secret counter, its records.
+class FileArea:
+    """A vault kept in files of ``directory``: ``header``, ``attempts`` and the records beside them
+    (the simulator, CI, and any phone without a data volume)."""
 
-    ``share`` is the hardware share (the TPM) or None for passphrase mode. ``max_failures`` wrong
-    secrets in a row wipe the store. ``clock`` is a monotonic clock in seconds (tests pass a fake).
-    """
-
-    def __init__(self, directory: Path, share: HardwareShare | None, *, max_failures: int = DEFAULT_MAX_FAILURES,
-                 clock: Callable[[], float] = time.monotonic):
-        if max_failures < 1:
-            raise ValueError("max_failures must be at least 1")
+    def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self.share = share
-        self.max_failures = max_failures
-        self._clock = clock
-        self._started = clock()
-        self._last_failure: float | None = None
-        self._duress_set: bool | None = None
 
     def __repr__(self) -> str:
-        return f"<Vault {self.directory} ({self.protection})>"
+        return str(self.directory)
 
     @property
     def _header_path(self) -> Path:
@@ -263,15 +252,99 @@ class Vault:
     def _attempts_path(self) -> Path:
         return self.directory / ATTEMPTS_FILE
 
-    @property
-    def records_directory(self) -> Path:
+    def header(self) -> bytes | None:
+        try:
+            return self._header_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put_header(self, raw: bytes) -> None:
+        write_atomic(self._header_path, raw)
+
+    def attempts(self) -> bytes | None:
+        try:
+            return self._attempts_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put_attempts(self, raw: bytes) -> None:
+        write_atomic(self._attempts_path, raw)
+
+    def prepare(self, volume_key: bytes) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.erase()  # whatever an interrupted wipe left: sealed under a lost master key
+
+    def records(self, volume_key: bytes) -> Path:
+        remove_temp_files(self.directory)
         return self.directory / RECORDS_DIR
+
+    def erase(self) -> None:
+        """Crypto-erase: the header overwritten with random bytes and synced before anything else goes."""
+        header = self._header_path
+        if header.exists():
+            size = header.stat().st_size
+            with open(header, "r+b") as file:
+                file.write(os.urandom(size))
+                file.flush()
+                os.fsync(file.fileno())
+            header.unlink()
+            fsync_directory(self.directory)
+        shutil.rmtree(self.directory / RECORDS_DIR, ignore_errors=True)
+        self._attempts_path.unlink(missing_ok=True)
+        remove_temp_files(self.directory)
+        fsync_directory(self.directory)
+
+
+class KeyArea(Protocol):
+    """Where a vault keeps its header and wrong-secret counter (readable before unlocking) and,
+    once unlocked, its records. ``header``/``attempts`` return None when there is none; the
+    ``put_`` methods are atomic and durable. ``prepare(volume_key)`` makes an empty place for a
+    new store; ``records(volume_key)`` opens the records' place of the unlocked store and returns
+    its directory; ``erase()`` destroys the header first (crypto-erase), then everything else.
+    ``volume_key`` (32 bytes, derived from the master key) is for an area that encrypts its own
+    data too (firmware.store.volume: the phone's LUKS2 partition); the file area ignores it."""
+
+    def header(self) -> bytes | None: ...
+    def put_header(self, raw: bytes) -> None: ...
+    def attempts(self) -> bytes | None: ...
+    def put_attempts(self, raw: bytes) -> None: ...
+    def prepare(self, volume_key: bytes) -> None: ...
+    def records(self, volume_key: bytes) -> Path: ...
+    def erase(self) -> None: ...
+
+
+def volume_key(master_key: bytes) -> bytes:
+    return derive_key(master_key, LABEL_VOLUME)
+
+
+class Vault:
+    """The store in ``place`` (a directory, or a :class:`KeyArea` such as the phone's data volume):
+    its header, its wrong-secret counter, its records.
+
+    ``share`` is the hardware share (the TPM) or None for passphrase mode. ``max_failures`` wrong
+    secrets in a row wipe the store. ``clock`` is a monotonic clock in seconds (tests pass a fake).
+    """
+
+    def __init__(self, place: Path | KeyArea, share: HardwareShare | None, *,
+                 max_failures: int = DEFAULT_MAX_FAILURES, clock: Callable[[], float] = time.monotonic):
+        if max_failures < 1:
+            raise ValueError("max_failures must be at least 1")
+        self.area: KeyArea = place if hasattr(place, "put_header") else FileArea(Path(place))
+        self.share = share
+        self.max_failures = max_failures
+        self._clock = clock
+        self._started = clock()
+        self._last_failure: float | None = None
+        self._duress_set: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"<Vault {self.area!r} ({self.protection})>"
 
     # What the phone shows before unlocking.
 
     def exists(self) -> bool:
         """Whether there is a store here (False on first boot and after a wipe)."""
-        return self._header_path.exists()
+        return self.area.header() is not None
 
     @property
     def protection(self) -> str:
@@ -304,9 +377,8 @@ class Vault:
     @property
     def failures(self) -> int:
         """Wrong secrets in a row so far (from the ``attempts`` file, which holds nothing else)."""
-        try:
-            raw = self._attempts_path.read_bytes()
-        except FileNotFoundError:
+        raw = self.area.attempts()
+        if raw is None:
             return 0
         try:
             failures = json.loads(raw)["failures"]
@@ -340,13 +412,12 @@ class Vault:
         if self.exists():
             raise StoreError("a store already exists here: unlock it, or wipe it before making a new one")
         self._check_strength(secret, "PIN or passphrase")
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._erase_files()  # whatever an interrupted wipe left: sealed under a lost master key
         master_key = os.urandom(KEY_BYTES)
+        self.area.prepare(volume_key(master_key))
         self._write_failures(0)
         self._install_header(secret, kdf, master_key, _Duress.make(None, kdf), duress_set=False)
         self._duress_set = False
-        return Store(self.records_directory, master_key)
+        return Store(self.area.records(volume_key(master_key)), master_key)
 
     def unlock(self, secret: str) -> Store:
         """The store, for the right secret.
@@ -357,7 +428,7 @@ class Vault:
         and hardware errors never count as attempts.
         """
         opened = self._open(secret)
-        return Store(self.records_directory, opened.master_key)
+        return Store(self.area.records(volume_key(opened.master_key)), opened.master_key)
 
     def verify(self, secret: str) -> None:
         """Check ``secret`` for the lock screen while unlocked: the same checks, counting and
@@ -396,15 +467,15 @@ class Vault:
         opened = self._open(secret)
         header = opened.header
         metadata = _metadata(header.kdf, header.protection, header.share, _Duress.make(duress, header.kdf))
-        write_atomic(self._header_path, _encode_header(metadata, opened.master_key, duress is not None, opened.kek))
+        self.area.put_header(_encode_header(metadata, opened.master_key, duress is not None, opened.kek))
         self._duress_set = duress is not None
 
     def wipe(self) -> None:
         """Destroy the store for good; afterwards :meth:`exists` is False.
 
-        Crypto-erase first: destroy the share, overwrite the header (the wrapped key) with random
-        bytes and fsync, delete it; only then delete the records and the counter. Safe to repeat,
-        and safe on a damaged or missing header.
+        Crypto-erase first: destroy the share, then the area destroys the header (the wrapped key;
+        on the data volume, its LUKS2 keyslots too) before the records and the counter. Safe to
+        repeat, and safe on a damaged or missing header.
         """
         handle = self._handle_for_wipe()
         if handle is not None and self.share is not None:
@@ -412,7 +483,7 @@ class Vault:
                 self.share.destroy(handle)
             except HardwareShareError:
                 pass  # erasing the wrapped key below already makes the master key unrecoverable
-        self._erase_files()
+        self.area.erase()
         self._duress_set = None
 
     # Internals.
@@ -424,11 +495,11 @@ class Vault:
 
     def _read_header(self) -> _Header:
         try:
-            raw = self._header_path.read_bytes()
-        except FileNotFoundError:
-            raise NoStore(NO_STORE_MESSAGE) from None
+            raw = self.area.header()
         except OSError as error:
-            raise HeaderDamaged(f"the store's header cannot be read ({error.strerror})") from None
+            raise HeaderDamaged(f"the store's header cannot be read ({error.strerror or error})") from None
+        if raw is None:
+            raise NoStore(NO_STORE_MESSAGE)
         return _decode_header(raw)
 
     def _open(self, secret: str) -> _Opened:
@@ -453,7 +524,6 @@ class Vault:
             self._wrong_secret(header, secret, previous + 1)
         self._write_failures(0)
         self._duress_set = opened.duress_set
-        remove_temp_files(self.directory)
         return opened
 
     def _try(self, header: _Header, secret: str) -> _Opened | None:
@@ -492,28 +562,13 @@ class Vault:
             share, handle = self.share.create(auth)
             share_meta = {"handle": handle, "kind": self.share.kind}
         metadata = _metadata(kdf, self.protection, share_meta, duress)
-        write_atomic(self._header_path, _encode_header(metadata, master_key, duress_set, _kek(pin_key, share)))
+        self.area.put_header(_encode_header(metadata, master_key, duress_set, _kek(pin_key, share)))
 
     def _write_failures(self, failures: int) -> None:
-        write_atomic(self._attempts_path, json.dumps({"failures": failures}).encode("ascii"))
+        self.area.put_attempts(json.dumps({"failures": failures}).encode("ascii"))
 
     def _handle_for_wipe(self) -> dict | None:
         try:
             return self._read_header().share_handle
         except StoreError:  # NoStore, HeaderDamaged: nothing to find the share by
             return None
-
-    def _erase_files(self) -> None:
-        header = self._header_path
-        if header.exists():
-            size = header.stat().st_size
-            with open(header, "r+b") as file:
-                file.write(os.urandom(size))
-                file.flush()
-                os.fsync(file.fileno())
-            header.unlink()
-            fsync_directory(self.directory)
-        shutil.rmtree(self.records_directory, ignore_errors=True)
-        self._attempts_path.unlink(missing_ok=True)
-        remove_temp_files(self.directory)
-        fsync_directory(self.directory)

@@ -121,7 +121,7 @@ class ChatUnit(Unit):
     async def stop(self) -> None:
         self._tasks.cancel()
         for address in list(self._sessions):
-            await self._close(address)
+            await self._close(self._sessions.pop(address))
 
     # The profile decides which sessions run.
 
@@ -138,10 +138,9 @@ class ChatUnit(Unit):
         self._contacts = {c.chat: (c.name, c.group) for c in state.profile.contacts if c.chat} if profile else {}
         for address, session in list(self._sessions.items()):
             account = wanted.get(address)
-            if account is None or replace(account, password="") != replace(session.account, password=""):
-                self._spawn(self._close(address))
-            elif account.password != session.account.password:
-                session.account = account  # changed on the server by us: the client already uses it
+            # (A password changed on the server through this unit is already the session's own.)
+            if account != session.account:
+                self._spawn(self._close(self._sessions.pop(address)))  # gone now: a changed one reopens below
         for address, account in wanted.items():
             if address not in self._sessions:
                 self._open(account)
@@ -179,10 +178,9 @@ class ChatUnit(Unit):
         else:
             self._spawn(self._new_key(session))
 
-    async def _close(self, address: str) -> None:
-        session = self._sessions.pop(address, None)
-        if session is None:
-            return
+    @staticmethod
+    async def _close(session: _Session) -> None:
+        """Log out and free the OTR state of a session already taken out of ``_sessions``."""
         if session.client is not None:
             await session.client.stop()
         if session.otr is not None:

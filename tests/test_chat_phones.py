@@ -533,3 +533,35 @@ def test_one_phone_with_two_chat_accounts_answers_from_the_account_it_was_writte
             assert bob.state.chat_open == (lab.xmpp.jid(ben), lab.xmpp.jid(second))
 
     asyncio.run(scenario())
+
+
+def test_a_refused_password_is_said_and_a_corrected_one_logs_in(xmpp_lab, tmp_path):
+    lab = xmpp_lab
+
+    async def scenario():
+        user, password = unique("cat"), "Pw-" + unique("")
+        config = XmppAccountConfig(lab.xmpp.jid(user), password, host=lab.xmpp.host, port=lab.xmpp.port,
+                                   ca_path=lab.xmpp.ca_path)
+        await XmppClient.register_account(config)
+        async with phone(lab, tmp_path / "cat") as cat:
+            await cat.set_up_pin()
+            await menu(cat, "4")
+            await select(cat, "+ Add account")
+            await cat.press("ok", "down", "ok")
+            await cat.type(lab.xmpp.jid(user))
+            await cat.press("ok", "down", "ok")
+            await cat.type("not-" + password)
+            await cat.press("ok", "down", "down", "down", "ok")
+            await cat.type(f"{lab.xmpp.host}:{lab.xmpp.port}")
+            await cat.press("ok", "down", "down", "ok")
+            await cat.expect("(failed: wrong password)", NETWORK_S)
+            await select(cat, "XMPP")
+            await cat.wait_screen("form")
+            await select(cat, "Password")
+            await cat.press(*["back"] * len("not-" + password))  # empty the field, then type the right one
+            await cat.type(password)
+            await cat.press("ok")
+            await select(cat, "Save")
+            await cat.expect("(online)", NETWORK_S)
+
+    asyncio.run(scenario())

@@ -50,7 +50,8 @@ from firmware.supervisor import Supervisor
 from firmware.units import DisplayUnit
 
 SCENARIO_EPOCH = 1795686060.0  # Thu 26 Nov 2026 09:41 UTC
-WAIT_TIMEOUT_S = 5.0
+WAIT_TIMEOUT_S = 10.0
+"""A bound for a step, not a measurement: a loaded machine must not fail a script that works."""
 AWAIT_TIMEOUT_S = 120.0
 SCREENS = ("boot", "pin", "working", "home", "menu", "section", "form", "edit", "dial", "chat", "list")
 SCENARIO_PIN = "123456"

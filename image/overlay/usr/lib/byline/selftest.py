@@ -1,21 +1,41 @@
 #!/usr/bin/python3
 """The image's self-test (byline-selftest.service, only with byline.selftest=1).
 
-Waits for byline.service and its first captured frame, checks the running system, writes one
-JSON line to the virtio-serial port /dev/virtio-ports/org.byline.selftest and powers off.
-Standard library only: it runs on the system python3, not the phone's venv.
+Waits for byline.service and its first captured frame, checks the running system, then plays
+the owner on the phone's keys (the socket /run/byline/keys) while reading what the screen says
+(/run/byline/screen.txt), according to ``byline.boot=N`` on the kernel command line:
+
+- boot 1 (first boot): the phone asks for a new PIN; after it is chosen, the data partition is
+  LUKS2 and mounted, and a setting changed on the keypad is written into it;
+- boot 2: a wrong PIN does not unlock (nothing mounted); the right one does, and the setting is
+  back; then a duress PIN is set and entered: the phone is factory fresh and the LUKS2
+  keyslots are gone.
+
+Writes one JSON line to the virtio-serial port /dev/virtio-ports/org.byline.selftest and powers
+off. Standard library only: it runs on the system python3, not the phone's venv.
 """
 
 import glob
 import json
 import os
+import socket
 import struct
 import subprocess
 import time
 
 PORT = "/dev/virtio-ports/org.byline.selftest"
 FRAMES = "/run/byline/frames"
+KEYS = "/run/byline/keys"
+SCREEN = "/run/byline/screen.txt"
+MOUNT = "/var/lib/byline/data"
+MAPPER = "/dev/mapper/byline-data"
+PINS = {"PIN": ("246801", "000000", "975310"),
+        "passphrase": ("2468013579246801", "0000000000000000", "9753102468097531")}
+"""(secret, a wrong one, the duress one) by what the phone asks for: a PIN with a TPM, a 16-digit
+passphrase without one."""
 WAIT_S = 300
+UNLOCK_WAIT_S = 240
+"""Choosing or entering a PIN under emulation: Argon2id, the TPM, LUKS2, mkfs."""
 started = time.monotonic()
 
 
@@ -35,6 +55,104 @@ def wait(predicate, timeout: float) -> bool:
 def show(unit: str, *props: str) -> dict:
     out = sh("systemctl", "show", unit, *(f"--property={p}" for p in props))
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def press(*keys: str) -> None:
+    """Press keys on the phone, one line each on its key socket; each is answered once posted."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(KEYS)
+        reader = connection.makefile("rb")
+        for key in keys:
+            connection.sendall(key.encode() + b"\n")
+            if reader.readline().strip() != b"ok":
+                raise RuntimeError(f"the phone refused the key {key!r}")
+            time.sleep(0.05)
+
+
+def screen() -> list[str]:
+    try:
+        with open(SCREEN) as file:
+            return file.read().splitlines()
+    except OSError:
+        return []
+
+
+def shows(text: str, timeout: float = 60) -> bool:
+    return wait(lambda: any(text in line for line in screen()), timeout)
+
+
+def mounted() -> bool:
+    return sh("findmnt", "-n", "-o", "SOURCE", MOUNT) == MAPPER
+
+
+def data_partition() -> str:
+    root = os.path.basename(os.path.realpath(sh("findmnt", "-n", "-o", "SOURCE", "/")))
+    disk = os.path.dirname(os.path.realpath(f"/sys/class/block/{root}"))
+    for child in sorted(os.listdir(disk)):
+        number = os.path.join(disk, child, "partition")
+        if os.path.exists(number) and open(number).read().strip() == "3":
+            return f"/dev/{child}"
+    return ""
+
+
+def luks_dump() -> str:
+    return sh("cryptsetup", "luksDump", data_partition())
+
+
+def keyslots(dump: str) -> list[str]:
+    """The keyslot lines of a LUKS2 dump ("  0: luks2")."""
+    section = dump.split("Keyslots:", 1)[1].split("Tokens:", 1)[0] if "Keyslots:" in dump else ""
+    return [line.strip() for line in section.splitlines() if line.startswith("  ") and ": " in line and
+            not line.startswith("\t")]
+
+
+def secrets_asked(title: str) -> tuple[str, str, str]:
+    word = "passphrase" if any(title + " passphrase" in line for line in screen()) else "PIN"
+    return PINS[word]
+
+
+def first_boot(checks: dict, info: dict) -> None:
+    checks["first_boot_asks_for_a_pin"] = shows("Choose ", WAIT_S)
+    info["asked"] = screen()[:1]
+    pin, _, _ = secrets_asked("Choose")
+    checks["no_volume_before_the_pin"] = not mounted() and "byline-header" not in luks_dump()
+    press(*pin, "ok", *pin, "ok")
+    checks["pin_chosen"] = shows("No account", UNLOCK_WAIT_S)
+    dump = luks_dump()
+    info["luks_keyslots"] = keyslots(dump)
+    checks["data_is_luks2"] = "Version:       \t2" in dump and len(keyslots(dump)) == 1 and "byline-header" in dump
+    checks["data_mounted"] = mounted()
+    press("ok", "5")  # Menu, 5 Settings
+    shows("Clock: 24h")
+    press("down", "ok")  # Clock: 24h -> 12h, saved in the store
+    checks["setting_changed"] = shows("Clock: 12h")
+    records = os.path.join(MOUNT, "records")
+    checks["state_in_the_volume"] = wait(lambda: os.path.isdir(records) and len(os.listdir(records)) > 0, 30)
+    info["records"] = len(os.listdir(records)) if os.path.isdir(records) else 0
+
+
+def second_boot(checks: dict, info: dict) -> None:
+    checks["asks_for_the_pin"] = shows("Enter ", WAIT_S)
+    pin, wrong_pin, duress_pin = secrets_asked("Enter")
+    press(*wrong_pin, "ok")
+    checks["wrong_pin_refused"] = shows("Wrong: ", UNLOCK_WAIT_S) and shows("Enter ", 5)
+    checks["wrong_pin_mounts_nothing"] = not mounted()
+    press(*pin, "ok")
+    checks["right_pin_unlocks"] = shows("No account", UNLOCK_WAIT_S) and mounted()
+    press("ok", "5")
+    checks["state_is_back"] = shows("Clock: 12h", 30)
+    info["screen_after_unlock"] = screen()
+    # A duress PIN wipes at once: the LUKS2 keyslots go first.
+    press("back", "back", "ok", "6", "down", "down", "down", "ok", *pin, "ok", *duress_pin, "ok", *duress_pin, "ok")
+    checks["duress_pin_set"] = shows(": on", UNLOCK_WAIT_S)  # "Duress PIN: on"
+    press("down", "ok")  # Lock now
+    shows("Locked", 30)
+    press(*duress_pin, "ok")
+    checks["duress_wipes_to_a_new_phone"] = shows("Choose ", UNLOCK_WAIT_S)
+    dump = luks_dump()
+    info["luks_keyslots_after_wipe"] = keyslots(dump)
+    checks["keyslots_gone_after_wipe"] = keyslots(dump) == [] and "byline-header" not in dump
+    checks["nothing_mounted_after_wipe"] = not mounted()
 
 
 def png_size(path: str) -> tuple[int, int] | None:
@@ -125,6 +243,20 @@ def main() -> None:
     journal = sh("journalctl", "-u", "byline.service", "--no-pager", "-o", "cat")
     checks["store_uses_tpm"] = "protection: PIN + TPM 2.0" in journal
 
+    boot = next((word.split("=", 1)[1] for word in open("/proc/cmdline").read().split()
+                 if word.startswith("byline.boot=")), "")
+    info["boot"] = boot
+    try:
+        if boot == "1":
+            first_boot(checks, info)
+        elif boot == "2":
+            second_boot(checks, info)
+    except Exception as e:  # noqa: BLE001 - reported to the host as a failed check
+        checks[f"boot{boot}_flow"] = False
+        info["error"] = f"{type(e).__name__}: {e}"
+    info["screen"] = screen()
+    info["byline_volume_log"] = sh("journalctl", "-u", "byline-volume.service", "-n", "15", "--no-pager",
+                                   "-o", "cat").splitlines()
     info["byline_log_tail"] = sh("journalctl", "-u", "byline.service", "-n", "15", "--no-pager", "-o", "cat").splitlines()
     info["failed_units"] = sh("systemctl", "list-units", "--failed", "--no-legend", "--plain").splitlines()
     result["ok"] = all(checks.values())

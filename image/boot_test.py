@@ -39,7 +39,7 @@ PORT_NAME = "org.byline.selftest"
 EXPECTED_CHECKS = (
     "byline_active", "frame_captured", "frame_128x64", "root_erofs_ro", "root_write_fails", "volatile_tmpfs",
     "no_sshd", "no_swap", "journal_volatile", "byline_not_root", "byline_no_new_privileges",
-    "byline_protect_system_strict", "tpm_device", "store_uses_tpm",
+    "byline_protect_system_strict", "tpm_device", "store_uses_tpm", "firmware_display", "firmware_audio",
 )
 
 BOOT_CHECKS = {
@@ -202,7 +202,7 @@ def check(report: dict | None, result: dict, arch: str = "amd64", number: int = 
     info = report.get("info", {})
     result["guest"] = {k: info.get(k) for k in
                        ("first_frame_s", "uptime_s", "frame_size", "frames", "root", "tpmrm0", "byline_uid",
-                        "failed_units", "journald_storage", "asked", "luks_keyslots", "records",
+                        "failed_units", "journald_storage", "asked", "luks_keyslots", "records", "firmware_selftest",
                         "luks_keyslots_after_wipe", "error")}
     expected = (*EXPECTED_CHECKS, *BOOT_CHECKS.get(number, ()))
     for name in (n for n in expected if n not in waived):

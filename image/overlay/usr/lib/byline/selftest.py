@@ -243,6 +243,21 @@ def main() -> None:
     journal = sh("journalctl", "-u", "byline.service", "--no-pager", "-o", "cat")
     checks["store_uses_tpm"] = "protection: PIN + TPM 2.0" in journal
 
+    # the firmware's own self-test: the display driver, an ALSA round trip through snd-aloop, the TPM
+    subprocess.run(["modprobe", "snd-aloop"], capture_output=True)
+    firmware = subprocess.run(
+        ["/opt/byline/venv/bin/python", "-m", "firmware.selftest", "--tpm", "auto",
+         "--audio", "plughw:CARD=Loopback,DEV=1", "plughw:CARD=Loopback,DEV=0"],
+        capture_output=True, text=True, cwd="/opt/byline", env={"PYTHONPATH": "/opt/byline", "PATH": "/usr/bin:/bin"})
+    try:
+        firmware_report = json.loads(firmware.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        firmware_report = {"ok": False, "error": firmware.stderr[-500:]}
+    info["firmware_selftest"] = firmware_report
+    for name, ok in firmware_report.get("checks", {"run": False}).items():
+        if name != "tpm" or os.path.exists("/dev/tpmrm0"):  # no TPM on arm64 virt: reported as tpm_device
+            checks[f"firmware_{name}"] = ok
+
     boot = next((word.split("=", 1)[1] for word in open("/proc/cmdline").read().split()
                  if word.startswith("byline.boot=")), "")
     info["boot"] = boot

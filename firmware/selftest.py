@@ -22,6 +22,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Sequence
 
 from drivers.audio import frame_samples, open_audio
 from drivers.display import open_display
@@ -49,7 +50,7 @@ def check_display(driver: str) -> tuple[bool, dict]:
         display.close()
 
 
-def tone_share(samples: list[int], frequency: float = TONE_HZ, rate: int = RATE) -> float:
+def tone_share(samples: Sequence[int], frequency: float = TONE_HZ, rate: int = RATE) -> float:
     """Goertzel: the share of the signal's energy at ``frequency`` (about 1 for a pure tone)."""
     coefficient = 2 * math.cos(2 * math.pi * frequency / rate)
     s1 = s2 = 0.0

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from firmware.selftest import tone_share as goertzel_share
+
 ROOT = Path(__file__).resolve().parents[2]
 PIN = "264813"
 RATE = 16000
@@ -30,14 +32,8 @@ def tone_file(path: Path, frequency: float, seconds: float = 60) -> Path:
 
 
 def tone_share(pcm: bytes, frequency: float, rate: int = RATE) -> float:
-    """Goertzel: the share of the signal's energy at ``frequency`` (0..1; a pure tone gives about 1)."""
-    samples = struct.unpack(f"<{len(pcm) // 2}h", pcm[: len(pcm) // 2 * 2])
-    coefficient = 2 * math.cos(2 * math.pi * frequency / rate)
-    s1 = s2 = 0.0
-    for x in samples:
-        s1, s2 = x + coefficient * s1 - s2, s1
-    energy = sum(x * x for x in samples) or 1
-    return 2 * (s1 * s1 + s2 * s2 - coefficient * s1 * s2) / (len(samples) * energy)
+    """The share of the S16_LE signal's energy at ``frequency`` (0..1; a pure tone gives about 1)."""
+    return goertzel_share(struct.unpack(f"<{len(pcm) // 2}h", pcm[: len(pcm) // 2 * 2]), frequency, rate)
 
 
 def best_tone_share(pcm: bytes, frequency: float, window_s: float = 0.5) -> float:

@@ -128,8 +128,13 @@ def test_the_phone_with_the_images_config_draws_a_frame_and_stops_cleanly(tmp_pa
                             env=dict(os.environ, PYTHONPATH=str(ROOT)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        screen = tmp_path / "screen.txt"
+
+        def asks_for_a_secret() -> bool:
+            return screen.exists() and screen.read_text().startswith("Choose ")
+
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list(frames.glob("frame_*.png")) and proc.poll() is None:
+        while time.monotonic() < deadline and not asks_for_a_secret() and proc.poll() is None:
             time.sleep(0.2)
         assert list(frames.glob("frame_*.png")), "no frame captured"
     finally:

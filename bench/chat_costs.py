@@ -27,8 +27,8 @@ free ports and is stopped at the end, whatever happens.
    message's id, for repeats after a restart), each an AEAD file written with two fsyncs in the
    system temp directory, through the store unit's access.
 
-2. The reference (``libotr_*``): bare libotr over slixmpp. The class ``Alice`` of
-   tests/test_mcabber_interop.py (the firmware's own firmware/chat/otr.py + firmware/chat/xmpp.py
+2. The reference (``libotr_*``): bare libotr over slixmpp. ``OtrClient`` of
+   tests/helpers/otr_client.py (the firmware's own firmware/chat/otr.py + firmware/chat/xmpp.py
    glued directly: MessageReceived -> ``otr.receiving``, what libotr injects -> ``client.send``;
    the glue the mcabber/libotr 4.1 interop test uses), logged in as the same alice after the
    phone has stopped (both use resource "byline", so they must not be online together), against
@@ -79,7 +79,7 @@ from firmware.chat.xmpp import Connected, Delivered
 from firmware.scenario import ScenarioPhone, headless_config
 from lab import Lab
 from tests.test_chat_phones import chat_contact, open_chat, xmpp_account
-from tests.test_mcabber_interop import Alice
+from helpers.otr_client import OtrClient
 
 MESSAGES = 20
 KEYGEN_RUNS = 5
@@ -197,12 +197,12 @@ async def byline_phase(lab: Lab, messages: int, results: dict) -> None:
 # --- 2. Bare libotr over slixmpp ---
 
 
-class TimedAlice(Alice):
-    """tests/test_mcabber_interop.py's glue, unchanged, with each event's arrival time noted and
+class TimedAlice(OtrClient):
+    """tests/helpers/otr_client.py's glue, unchanged, with each event's arrival time noted and
     waiters woken at once (its ``until`` polls every 20 ms, too coarse to time with)."""
 
     def __init__(self, lab: Lab):
-        super().__init__(lab)
+        super().__init__(lab, "alice")
         self.changed = asyncio.Event()
         self.encrypted_at: float | None = None
         self.shown_at: list[float] = []
@@ -211,7 +211,7 @@ class TimedAlice(Alice):
 
     def _send(self, to, text):
         self.wire_out.append((to, text))
-        self.sent_ids.append(self.client.send(to, text))  # as Alice._send, keeping the message id
+        self.sent_ids.append(self.client.send(to, text))  # as OtrClient._send, keeping the message id
 
     def _on_xmpp(self, event):
         shown = len(self.shown)

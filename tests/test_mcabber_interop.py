@@ -1,70 +1,15 @@
-"""OTR v3 interop: our stack (XmppClient + OtrAccount, glued here as the phone glues them) as alice,
+"""OTR v3 interop: our stack (XmppClient + OtrAccount, glued by tests/helpers/otr_client.py) as alice,
 mcabber 1.1.2 (libotr 4.1) as bob, over the lab's real Prosody (STARTTLS with the lab CA)."""
 
 import asyncio
 import base64
-import time
 
-from firmware.chat.otr import Encrypted, OtrAccount, SmpQuestion, SmpRequest, SmpResult
-from firmware.chat.xmpp import (
-    Connected,
-    MessageReceived,
-    Presence,
-    SubscriptionRequest,
-    XmppAccountConfig,
-    XmppClient,
-)
+from firmware.chat.otr import Encrypted, SmpQuestion, SmpRequest, SmpResult
+from firmware.chat.xmpp import Connected, Presence
 from tests.helpers.mcabber import Mcabber
+from tests.helpers.otr_client import OtrClient
 
 WAIT_S = 15.0
-POLL_S = 0.02
-
-
-class Alice:
-    """XmppClient + OtrAccount: MessageReceived -> otr.receiving; OtrAccount's send -> client.send."""
-
-    def __init__(self, lab):
-        service = lab.xmpp
-        self.jid = service.jid("alice")
-        self.config = XmppAccountConfig(self.jid, lab.users["alice"], host=service.host, port=service.port,
-                                        ca_path=service.ca_path)
-        self.xmpp_events = []
-        self.otr_events = []
-        self.shown = []  # (sender, plaintext) that the phone would display
-        self.wire_out = []  # (to, body) that went to the server
-        self.wire_in = []  # (sender, body) that came from the server
-        self.client = XmppClient(self.config, self._on_xmpp)
-        self.otr = OtrAccount(self.jid, private_key=None, instance_tag=None, fingerprints=None,
-                              send=self._send, on_event=self.otr_events.append)
-        self.otr.generate_key()
-
-    def _send(self, to, text):
-        self.wire_out.append((to, text))
-        self.client.send(to, text)  # a full JID when OTR talks to one instance
-
-    def _on_xmpp(self, event):
-        self.xmpp_events.append(event)
-        if isinstance(event, MessageReceived):
-            self.wire_in.append((event.from_jid, event.body))
-            shown = self.otr.receiving(event.from_jid, event.body)
-            if shown is not None:
-                self.shown.append((event.from_jid.split("/")[0], shown))
-        elif isinstance(event, SubscriptionRequest):
-            self.client.authorize(event.jid)
-
-    def say(self, peer, text):
-        wire = self.otr.sending(peer, text)
-        if wire is not None:
-            self._send(peer, wire)
-
-    async def until(self, predicate, what, timeout=WAIT_S):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            await asyncio.sleep(POLL_S)
-        raise AssertionError(f"no {what} within {timeout} s; otr events {self.otr_events}; "
-                             f"shown {self.shown}; xmpp {self.xmpp_events[-10:]}")
 
 
 def otr_version(body):
@@ -94,7 +39,7 @@ def test_otr_v3_messages_and_smp_both_ways_with_mcabber(lab_factory, tmp_path):
     peer = Mcabber(tmp_path / "mcabber-bob", jid=bob_jid, password=lab.users["bob"], service=lab.xmpp)
 
     async def scenario():
-        alice = Alice(lab)
+        alice = OtrClient(lab, "alice")
         alice.client.start()
         try:
             await alice.until(lambda: any(isinstance(e, Connected) for e in alice.xmpp_events), "Connected")
@@ -177,7 +122,7 @@ def test_otr_v3_with_mcabber_on_two_resources_at_once(lab_factory, tmp_path):
                      service=lab.xmpp, resource=name) for name in ("one", "two")]
 
     async def scenario():
-        alice = Alice(lab)
+        alice = OtrClient(lab, "alice")
         alice.client.start()
         try:
             await alice.until(lambda: any(isinstance(e, Connected) for e in alice.xmpp_events), "Connected")

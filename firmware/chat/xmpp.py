@@ -382,13 +382,7 @@ class XmppClient:
             self._keepalive = None
         self._session_up = False
         if client is not None:
-            client.cancel_connection_attempt()
-            if client.transport is not None:
-                try:
-                    await asyncio.wait_for(client.disconnect(wait=STOP_GRACE_S), STOP_GRACE_S + 0.5)
-                except Exception:  # noqa: BLE001 - timed out or already broken: cut it
-                    client.abort()
-            _retire(client)
+            await _close(client)
         if was_up:
             self._emit(Disconnected("stopped"))
 
@@ -747,19 +741,24 @@ async def register_account(config: XmppAccountConfig, timeout: float = IQ_TIMEOU
     except TimeoutError:
         error = "the server did not answer"
     finally:
-        client.cancel_connection_attempt()
-        if client.transport is not None:
-            try:
-                await asyncio.wait_for(client.disconnect(wait=STOP_GRACE_S), STOP_GRACE_S + 0.5)
-            except Exception:  # noqa: BLE001 - timed out or already broken: cut it
-                client.abort()
-        _retire(client)
+        await _close(client)
     if error is not None:
         raise XmppError(error)
     log.info("xmpp: account registered")
 
 
 XmppClient.register_account = staticmethod(register_account)  # also reachable as XmppClient.register_account
+
+
+async def _close(client: slixmpp.ClientXMPP) -> None:
+    """End ``client``'s connection politely (at most STOP_GRACE_S), else cut it; then retire it."""
+    client.cancel_connection_attempt()
+    if client.transport is not None:
+        try:
+            await asyncio.wait_for(client.disconnect(wait=STOP_GRACE_S), STOP_GRACE_S + 0.5)
+        except Exception:  # noqa: BLE001 - timed out or already broken: cut it
+            client.abort()
+    _retire(client)
 
 
 def _retire(client: slixmpp.ClientXMPP) -> None:

@@ -37,11 +37,11 @@ def area(tmp_path, device):
     socket_path = tmp_path / "volume.sock"
     thread = threading.Thread(target=serve, args=(helper, socket_path, _group()), daemon=True)
     thread.start()
-    for _ in range(100):
+    for _ in range(500):
         if socket_path.exists():
-            break
-        threading.Event().wait(0.02)
-    return VolumeArea(socket_path)
+            return VolumeArea(socket_path)
+        threading.Event().wait(0.01)
+    pytest.fail(f"the volume helper never made {socket_path}")
 
 
 def _user() -> str:
@@ -102,6 +102,25 @@ def test_the_helper_refuses_bad_requests_without_dying(area, device, tmp_path):
         {"ok": False, "error": "malformed request"}
     assert helper.handle({"op": "put", "token": "other", "data": ""})["ok"] is False
     assert area.header() is None, "the helper still answers"
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]\n", b"\"op\"\n", b"{not json\n", b"\xff\xfe\n"])
+def test_the_helper_survives_garbage_on_its_socket(area, tmp_path, line):
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(5)
+        connection.connect(str(tmp_path / "volume.sock"))
+        connection.sendall(line)
+        connection.recv(4096)
+    assert area.header() is None, "the helper still answers"
+
+
+def test_the_socket_exists_only_once_it_accepts_connections_with_its_final_mode(area, tmp_path):
+    socket_path = tmp_path / "volume.sock"
+    assert socket_path.stat().st_mode & 0o777 == 0o660
+    assert area.attempts() is None
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".volume.sock")] == []
 
 
 def test_the_data_partition_is_found_beside_the_root_file_system():

@@ -204,13 +204,19 @@ def _key(request: dict) -> bytes:
 
 
 def serve(helper: VolumeHelper, socket_path: Path, group: str) -> None:
-    """Answer requests on ``socket_path`` (mode 0660, ``group``) until killed, one at a time."""
+    """Answer requests on ``socket_path`` (mode 0660, ``group``) until killed, one at a time.
+
+    The socket is bound and listening under a temporary name and renamed into place, so once
+    ``socket_path`` exists it accepts connections and already has its final owner and mode."""
     socket_path.unlink(missing_ok=True)
+    pending_path = socket_path.with_name(f".{socket_path.name}.{os.getpid()}")
+    pending_path.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-        server.bind(str(socket_path))
-        os.chown(socket_path, 0, grp.getgrnam(group).gr_gid)
-        os.chmod(socket_path, 0o660)
+        server.bind(str(pending_path))
+        os.chown(pending_path, 0, grp.getgrnam(group).gr_gid)
+        os.chmod(pending_path, 0o660)
         server.listen(4)
+        os.rename(pending_path, socket_path)
         log.info("data volume helper ready for %s", helper.device)
         while True:
             connection, _ = server.accept()
@@ -221,7 +227,8 @@ def serve(helper: VolumeHelper, socket_path: Path, group: str) -> None:
                     answer = helper.handle(request) if isinstance(request, dict) else {"ok": False, "error": "malformed"}
                 except (OSError, ValueError):
                     continue
-                log.info("data volume: %s -> %s", request.get("op"), "ok" if answer.get("ok") else answer.get("error"))
+                operation = request.get("op") if isinstance(request, dict) else None
+                log.info("data volume: %s -> %s", operation, "ok" if answer.get("ok") else answer.get("error"))
                 try:
                     connection.sendall(json.dumps(answer).encode() + b"\n")
                 except OSError:

@@ -83,8 +83,9 @@ class CallsUnit(Unit):
 
     def start(self, post: Callable[[object], None]) -> None:
         self._post = post
+        # no socket until an account needs one: a locked phone offers pjsua's parser to nobody
         self._agent = SipAgent(self._on_sip, bind_address=self._config["calls.bind_address"],
-                               sip_port=self._config["calls.sip_port"])
+                               sip_port=self._config["calls.sip_port"], listen_udp=False)
         try:
             self._agent.start()
         except (SipError, OSError) as e:

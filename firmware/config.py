@@ -117,7 +117,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("security.kdf_memory_mib", 64, "Argon2id memory per unlock", integer(8, 1024)),
     Setting("calls.enabled", True, "SIP calls (pjsua2 signalling, our ZRTP/SRTP media engine)", flag),
     Setting("calls.bind_address", "0.0.0.0", "where SIP listens", text),
-    Setting("calls.sip_port", 5060, "SIP port for UDP and TCP (0 = any free port)", integer(0, 65535)),
+    Setting("calls.sip_port", 0, "SIP port for UDP and TCP, opened with the first account that needs it "
+            "(0 = any free port: registration tells the server, and scanners looking at 5060 find nothing)",
+            integer(0, 65535)),
     Setting("calls.media_address", "",
             "our address in SDP and for RTP (empty: the address of the interface that reaches the registrar)", text),
     Setting("calls.ca_file", "/etc/ssl/certs/ca-certificates.crt",

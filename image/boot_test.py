@@ -13,7 +13,10 @@ TPM, as a phone keeps its module). Each time the guest runs byline-selftest.serv
 command line byline.selftest=1 byline.boot=N), which plays the owner on the phone's keys, writes
 one JSON line to the virtio-serial port org.byline.selftest and powers off: boot 1 chooses the
 PIN (the LUKS2 data partition is made) and changes a setting; boot 2 tries a wrong PIN, unlocks,
-finds the setting, then wipes with a duress PIN. Around both boots the boot and root
+finds the setting, then wipes with a duress PIN. The guest has QEMU's user-mode network: it
+must take an address by DHCP, resolve through resolved's stub, listen on nothing reachable, and
+reach the lab's XMPP and SIP servers (started here, on loopback, seen from the guest as
+10.0.2.2). Around both boots the boot and root
 partitions are hashed: nothing may have been written to them. QEMU and swtpm are always killed
 by PID, and the console log's tail is printed on a failure. The last line printed is a JSON
 summary (build_s, boot_to_report_s, ...); the exit status is non-zero on any failure.
@@ -32,14 +35,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import build  # noqa: E402
+from lab import Lab  # noqa: E402
 
 PORT_NAME = "org.byline.selftest"
 EXPECTED_CHECKS = (
     "byline_active", "frame_captured", "frame_128x64", "root_erofs_ro", "root_write_fails", "volatile_tmpfs",
     "no_sshd", "no_swap", "journal_volatile", "byline_not_root", "byline_no_new_privileges",
     "byline_protect_system_strict", "tpm_device", "store_uses_tpm", "firmware_display", "firmware_audio",
+    "network_address", "network_default_route", "network_dns_stub", "network_time_sync", "network_nothing_listens",
+    "lab_xmpp_reachable", "lab_sip_reachable",
 )
 
 BOOT_CHECKS = {
@@ -49,6 +55,8 @@ BOOT_CHECKS = {
         "duress_pin_set", "duress_wipes_to_a_new_phone", "keyslots_gone_after_wipe", "nothing_mounted_after_wipe"),
 }
 """What each boot's owner checks on top of EXPECTED_CHECKS (image/overlay/usr/lib/byline/selftest.py)."""
+HOST_FROM_GUEST = "10.0.2.2"
+"""The host's loopback as QEMU's user-mode network shows it to the guest."""
 MBR_ENTRIES = 446
 SECTOR = 512
 
@@ -120,8 +128,10 @@ def partition_hashes(disk: Path, numbers=(1, 2)) -> dict[int, str]:
 
 
 def boot(result: dict, run_dir: Path, timeout: float, memory: int, cpus: int, arch: str = "amd64", *,
-         disk: Path, number: int) -> dict | None:
-    """Boot ``disk`` once (boot ``number``); return the guest's report (or None) and fill ``result``."""
+         disk: Path, number: int, lab_servers: str) -> dict | None:
+    """Boot ``disk`` once (boot ``number``); return the guest's report (or None) and fill ``result``.
+
+    ``lab_servers`` (``xmpp:HOST:PORT,sip:HOST:PORT``) is what the guest must reach."""
     boot_dir = run_dir / f"boot{number}"
     boot_dir.mkdir()
     console = boot_dir / "console.log"
@@ -141,7 +151,8 @@ def boot(result: dict, run_dir: Path, timeout: float, memory: int, cpus: int, ar
         report_file.touch()
         machine = MACHINES[arch]
         cmdline = (f"root=PARTUUID={build.TARGETS[arch].partuuid_root} rootfstype=erofs ro "
-                   f"console={machine['console']} byline.selftest=1 byline.boot={number} systemd.show_status=1 panic=-1"
+                   f"console={machine['console']} byline.selftest=1 byline.boot={number} byline.lab={lab_servers} "
+                   "systemd.show_status=1 panic=-1"
                    + machine["cmdline"])
         args = [
             *machine["qemu"], "-accel", "tcg,thread=multi",
@@ -156,7 +167,7 @@ def boot(result: dict, run_dir: Path, timeout: float, memory: int, cpus: int, ar
             "-device", f"virtserialport,chardev=selftest,name={PORT_NAME}",
             "-chardev", f"socket,id=chrtpm,path={tpm_sock}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", f"{machine['tpm']},tpmdev=tpm0",
-            "-nic", "none", "-no-reboot",
+            "-nic", "user,model=virtio-net-pci", "-no-reboot",
         ]
         log("$ " + " ".join(args))
         booted = time.monotonic()
@@ -203,7 +214,7 @@ def check(report: dict | None, result: dict, arch: str = "amd64", number: int = 
     result["guest"] = {k: info.get(k) for k in
                        ("first_frame_s", "uptime_s", "frame_size", "frames", "root", "tpmrm0", "byline_uid",
                         "failed_units", "journald_storage", "asked", "luks_keyslots", "records", "firmware_selftest",
-                        "luks_keyslots_after_wipe", "error")}
+                        "luks_keyslots_after_wipe", "network", "error")}
     expected = (*EXPECTED_CHECKS, *BOOT_CHECKS.get(number, ()))
     for name in (n for n in expected if n not in waived):
         if checks.get(name) is not True:
@@ -247,12 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="byline-boot-test-"))
     result["run_dir"] = str(run_dir)
     disk = run_dir / "disk.img"
+    lab = Lab(users=("alice",), echo=False)
     try:
+        lab.start()
+        lab_servers = f"xmpp:{HOST_FROM_GUEST}:{lab.xmpp.port},sip:{HOST_FROM_GUEST}:{lab.sip.port}"
         subprocess.run(["cp", "--sparse=always", built["image"], str(disk)], check=True)
         before = partition_hashes(disk)
         for number in sorted(BOOT_CHECKS):
             part = {"image": result["image"], "kernel": result["kernel"], "initrd": result["initrd"], "errors": []}
-            report = boot(part, run_dir, args.timeout, args.memory, args.cpus, args.arch, disk=disk, number=number)
+            report = boot(part, run_dir, args.timeout, args.memory, args.cpus, args.arch, disk=disk, number=number,
+                          lab_servers=lab_servers)
             check(report, part, args.arch, number)
             for key in ("kernel", "initrd", "image"):
                 part.pop(key)
@@ -266,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             result["errors"].append(f"the boot or root partition changed: {before} -> {after}")
     except Exception as e:  # report it, with the console, like any failure
         result["errors"].append(f"{type(e).__name__}: {e}")
+    finally:
+        lab.stop()
     result["ok"] = not result["errors"]
     if not result["ok"]:
         for console in sorted(run_dir.glob("boot*/console.log")):

@@ -52,8 +52,11 @@ for d in sorted(m.distributions(), key=lambda d: d.metadata["Name"].lower()):
     print("pypi", d.metadata["Name"] + "==" + d.version)'
 } > "$BYLINE_OUT/manifest.txt"
 
-# units: the phone on, the self-test (conditional on the kernel command line) on, no logins
-in_root systemctl enable byline.service byline-selftest.service
+# units: the phone on, the self-test (conditional on the kernel command line) on, no logins;
+# the network (DHCP, DNS through resolved's stub, the clock) on
+in_root systemctl enable byline.service byline-selftest.service \
+  systemd-networkd.service systemd-resolved.service systemd-timesyncd.service
+ln -sfn ../run/systemd/resolve/stub-resolv.conf "$R/etc/resolv.conf"
 in_root systemctl mask serial-getty@ttyS0.service serial-getty@ttyS1.service serial-getty@ttyAMA0.service \
   getty@tty1.service console-getty.service \
   systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true

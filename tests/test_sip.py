@@ -612,6 +612,36 @@ def test_no_tcp_listener_unless_a_tcp_account_needs_one(sip_lab, phones):
     assert set(listening.ports) == {"udp", "tcp"}
 
 
+def test_a_phone_without_accounts_listens_on_nothing(sip_lab, phones):
+    """The firmware's agent (listen_udp off): a locked or fresh phone has no SIP socket at all."""
+    phone = phones("echo", listen_udp=False, bind_address="127.0.0.1")
+    assert phone.ports == {}
+    assert not udp_sockets_of(phone.process.pid)
+    registered, _ = phone.register("echo", sip_lab.users["echo"], sip_lab)
+    assert registered["ok"]
+    ports = phone.command("ports")
+    assert set(ports) == {"udp"} and ports["udp"] in udp_sockets_of(phone.process.pid)
+
+
+def udp_sockets_of(pid: int) -> set[int]:
+    """The local ports of the UDP sockets process ``pid`` holds (IPv4 and IPv6)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("udp", "udp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def test_registered_account_takes_calls_only_from_its_registrar(sip_lab, phones):
     phone = phones("echo")
     registered, _ = phone.register("echo", sip_lab.users["echo"], sip_lab)

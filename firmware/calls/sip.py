@@ -724,7 +724,8 @@ class SipAgent:
     """SIP signalling for the phone: accounts, registration, calls; reports ``SipEvent``s to ``post``.
 
     ``bind_address`` is where the SIP transports listen, on free ports or ``sip_port``: UDP from
-    ``start()``; TCP with ``listen_tcp`` or else from the first TCP account on; TLS with
+    ``start()`` with ``listen_udp`` or else from the first UDP account on; TCP with ``listen_tcp``
+    or else from the first TCP account on (a phone with no account listens on nothing); TLS with
     ``tls_cert_path`` + ``tls_key_path`` (and a TLS account opens a TLS transport of its own, to
     verify its server with its CA). ``ports`` tells the listening ports. ``nameservers`` (IP
     addresses) switch pjsua to its own asynchronous DNS resolver (with SRV lookups); without them
@@ -747,6 +748,7 @@ class SipAgent:
         sip_port: int = 0,
         tls_cert_path: str | None = None,
         tls_key_path: str | None = None,
+        listen_udp: bool = True,
         listen_tcp: bool = False,
         nameservers: tuple[str, ...] = (),
         user_agent: str = DEFAULT_USER_AGENT,
@@ -761,6 +763,7 @@ class SipAgent:
         self._sip_port = sip_port
         self._tls_cert_path = tls_cert_path
         self._tls_key_path = tls_key_path
+        self._listen_udp = listen_udp
         self._listen_tcp = listen_tcp
         self._nameservers = tuple(nameservers)
         self._user_agent = user_agent
@@ -824,7 +827,8 @@ class SipAgent:
             config.logConfig.msgLogging = self._log_level >= 4
             config.medConfig.noVad = True
             endpoint.libInit(config)
-            self._create_transport("udp")
+            if self._listen_udp:
+                self._create_transport("udp")
             if self._listen_tcp:
                 self._create_transport("tcp")
             if self._tls_cert_path is not None:

@@ -4,7 +4,7 @@ pjsua2 allows one Endpoint per process, so a test that needs two phones runs two
 first line on standard input starts the agent:
 
     {"bind_address": "127.0.0.1", "tls_cert": null, "tls_key": null, "log_level": 4, "ring_timeout_s": 120,
-     "listen_tcp": false, "log_private": false, "nameservers": []}
+     "listen_udp": true, "listen_tcp": false, "log_private": false, "nameservers": []}
 
 and the process answers ``{"event": "Started", "ports": {"udp": N, "tcp": N[, "tls": N]}}``.
 Every further line is a command ``{"id": 1, "cmd": NAME, ...arguments}``, answered by
@@ -46,6 +46,7 @@ class Phone:
             tls_key_path=config.get("tls_key"),
             log_level=config.get("log_level", 4),
             ring_timeout_s=config.get("ring_timeout_s", 120.0),
+            listen_udp=config.get("listen_udp", True),
             listen_tcp=config.get("listen_tcp", False),
             log_private=config.get("log_private", False),
             nameservers=tuple(config.get("nameservers", ())),
@@ -91,6 +92,8 @@ class Phone:
             return None
         if name == "calls":
             return agent.call_ids()
+        if name == "ports":
+            return agent.ports
         raise SipError(f"unknown command {name!r}")
 
 

@@ -11,6 +11,10 @@ the owner on the phone's keys (the socket /run/byline/keys) while reading what t
   back; then a duress PIN is set and entered: the phone is factory fresh and the LUKS2
   keyslots are gone.
 
+Every boot it also looks at the network: an address by DHCP, a default route, DNS through
+resolved's stub, the clock service, nothing listening beyond loopback and the DHCP clients, and
+the lab's servers (``byline.lab=xmpp:HOST:PORT,sip:HOST:PORT``) reachable by the phone's venv.
+
 Writes one JSON line to the virtio-serial port /dev/virtio-ports/org.byline.selftest and powers
 off. Standard library only: it runs on the system python3, not the phone's venv.
 """
@@ -36,6 +40,10 @@ passphrase without one."""
 WAIT_S = 300
 UNLOCK_WAIT_S = 240
 """Choosing or entering a PIN under emulation: Argon2id, the TPM, LUKS2, mkfs."""
+DHCP_WAIT_S = 90
+STUB_RESOLV_CONF = "/run/systemd/resolve/stub-resolv.conf"
+DHCP_CLIENT_PORTS = {("udp", 68), ("udp", 546)}
+"""What may listen beyond loopback on a locked phone: networkd's DHCPv4 and DHCPv6 clients."""
 started = time.monotonic()
 
 
@@ -155,6 +163,53 @@ def second_boot(checks: dict, info: dict) -> None:
     checks["nothing_mounted_after_wipe"] = not mounted()
 
 
+def ip_json(*args: str) -> list:
+    try:
+        return json.loads(sh("ip", "-j", *args) or "[]")
+    except ValueError:
+        return []
+
+
+def is_loopback(address: str) -> bool:
+    address = address.split("%", 1)[0].strip("[]")
+    return address.startswith("127.") or address == "::1"
+
+
+def listeners() -> list[tuple[str, str, int]]:
+    """(protocol, local address, port) of every listening TCP and bound UDP socket."""
+    found = []
+    for line in sh("ss", "-H", "-l", "-n", "-t", "-u").splitlines():
+        fields = line.split()
+        if len(fields) >= 5:
+            address, _, port = fields[4].rpartition(":")
+            found.append((fields[0], address, int(port) if port.isdigit() else -1))
+    return found
+
+
+def network(checks: dict, info: dict) -> dict[str, str]:
+    """Check the network as a locked phone has it; return the lab's servers to reach by kind."""
+    def global_addresses() -> list[str]:
+        return [f"{link['ifname']} {a['local']}/{a['prefixlen']}" for link in ip_json("-4", "addr", "show", "scope", "global")
+                for a in link.get("addr_info", []) if a.get("dynamic")]
+
+    checks["network_address"] = wait(lambda: bool(global_addresses()), DHCP_WAIT_S)
+    routes = ip_json("route", "show", "default")
+    resolv = os.path.realpath("/etc/resolv.conf")
+    stub = open(resolv).read() if os.path.exists(resolv) else ""
+    open_sockets = [entry for entry in listeners() if not is_loopback(entry[1])]
+    info["network"] = {"addresses": global_addresses(), "default_routes": [r.get("gateway") for r in routes],
+                       "resolv_conf": resolv, "dns": sh("resolvectl", "dns").splitlines(),
+                       "listening": [f"{proto} {address}:{port}" for proto, address, port in open_sockets]}
+    checks["network_default_route"] = bool(routes)
+    checks["network_dns_stub"] = resolv == STUB_RESOLV_CONF and "nameserver 127.0.0.53" in stub and \
+        any(":" in line and line.split(":", 1)[1].strip() for line in info["network"]["dns"])
+    checks["network_time_sync"] = sh("systemctl", "is-active", "systemd-timesyncd.service") == "active"
+    checks["network_nothing_listens"] = all((proto, port) in DHCP_CLIENT_PORTS for proto, _, port in open_sockets)
+    lab = next((word.split("=", 1)[1] for word in open("/proc/cmdline").read().split()
+                if word.startswith("byline.lab=")), "")
+    return dict(entry.split(":", 1) for entry in lab.split(",") if ":" in entry)
+
+
 def png_size(path: str) -> tuple[int, int] | None:
     with open(path, "rb") as f:
         head = f.read(24)
@@ -243,20 +298,29 @@ def main() -> None:
     journal = sh("journalctl", "-u", "byline.service", "--no-pager", "-o", "cat")
     checks["store_uses_tpm"] = "protection: PIN + TPM 2.0" in journal
 
-    # the firmware's own self-test: the display driver, an ALSA round trip through snd-aloop, the TPM
+    lab_servers = network(checks, info)
+
+    # the firmware's own self-test: the display driver, an ALSA round trip through snd-aloop, the
+    # TPM, and the lab's servers through the network
     subprocess.run(["modprobe", "snd-aloop"], capture_output=True)
     firmware = subprocess.run(
         ["/opt/byline/venv/bin/python", "-m", "firmware.selftest", "--tpm", "auto",
-         "--audio", "plughw:CARD=Loopback,DEV=1", "plughw:CARD=Loopback,DEV=0"],
+         "--audio", "plughw:CARD=Loopback,DEV=1", "plughw:CARD=Loopback,DEV=0",
+         *(f"--reach={target}" for target in lab_servers.values())],
         capture_output=True, text=True, cwd="/opt/byline", env={"PYTHONPATH": "/opt/byline", "PATH": "/usr/bin:/bin"})
     try:
         firmware_report = json.loads(firmware.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         firmware_report = {"ok": False, "error": firmware.stderr[-500:]}
     info["firmware_selftest"] = firmware_report
-    for name, ok in firmware_report.get("checks", {"run": False}).items():
+    firmware_checks = firmware_report.get("checks", {"run": False})
+    for name, ok in firmware_checks.items():
+        if name.startswith("reach "):
+            continue
         if name != "tpm" or os.path.exists("/dev/tpmrm0"):  # no TPM on arm64 virt: reported as tpm_device
             checks[f"firmware_{name}"] = ok
+    for kind in ("xmpp", "sip"):
+        checks[f"lab_{kind}_reachable"] = kind in lab_servers and firmware_checks.get(f"reach {lab_servers[kind]}") is True
 
     boot = next((word.split("=", 1)[1] for word in open("/proc/cmdline").read().split()
                  if word.startswith("byline.boot=")), "")

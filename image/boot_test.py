@@ -44,7 +44,8 @@ EXPECTED_CHECKS = (
     "byline_active", "frame_captured", "frame_128x64", "root_erofs_ro", "root_write_fails", "volatile_tmpfs",
     "no_sshd", "no_swap", "journal_volatile", "byline_not_root", "byline_no_new_privileges",
     "byline_protect_system_strict", "tpm_device", "store_uses_tpm", "firmware_display", "firmware_audio",
-    "network_address", "network_default_route", "network_dns_stub", "network_time_sync", "network_nothing_listens",
+    "network_address", "network_default_route", "network_dns_stub", "network_time_sync", "network_config_clean",
+    "network_nothing_listens",
     "lab_xmpp_reachable", "lab_sip_reachable",
 )
 

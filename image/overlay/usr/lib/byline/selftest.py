@@ -204,6 +204,11 @@ def network(checks: dict, info: dict) -> dict[str, str]:
     checks["network_dns_stub"] = resolv == STUB_RESOLV_CONF and "nameserver 127.0.0.53" in stub and \
         any(":" in line and line.split(":", 1)[1].strip() for line in info["network"]["dns"])
     checks["network_time_sync"] = sh("systemctl", "is-active", "systemd-timesyncd.service") == "active"
+    complaints = [line for line in sh("journalctl", "-b", "--no-pager", "-o", "cat", "-u", "systemd-networkd.service",
+                                      "-u", "systemd-resolved.service", "-u", "systemd-timesyncd.service").splitlines()
+                  if "Unknown key" in line or "Unknown section" in line or "Failed to parse" in line]
+    info["network"]["config_complaints"] = complaints
+    checks["network_config_clean"] = not complaints
     checks["network_nothing_listens"] = all((proto, port) in DHCP_CLIENT_PORTS for proto, _, port in open_sockets)
     lab = next((word.split("=", 1)[1] for word in open("/proc/cmdline").read().split()
                 if word.startswith("byline.lab=")), "")

@@ -127,6 +127,13 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("chat.enabled", True, "XMPP chat with OTR (slixmpp, libotr)", flag),
     Setting("chat.ca_file", "", "CA certificates (PEM) that XMPP servers are verified against; empty: "
             "the system's (an account's TLS pin replaces it)", text),
+    Setting("network.enabled", True, "show how the phone is connected; Wi-Fi through wpa_supplicant", flag),
+    Setting("network.wpa_control_dir", "",
+            "wpa_supplicant's control sockets, one per Wi-Fi interface (its ctrl_interface DIR; the image: "
+            "/run/wpa_supplicant); empty: no Wi-Fi, as in the simulator, which must not touch the PC's", text),
+    Setting("network.client_dir", "",
+            "where the phone binds its own control socket for wpa_supplicant's answers; empty: a private "
+            "temporary directory", text),
     Setting("hooks.screen_text_file", "",
             "test hook: write what the screen says to this file after every change (the image's self-test); "
             "empty on a phone", text),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from firmware.profile import Profile
+from firmware.profile import Profile, WifiNetwork
 
 # Requests to the encrypted store (performed in order, one at a time, by firmware.store_unit).
 
@@ -458,5 +458,59 @@ class PasswordChanged:
 @dataclass(frozen=True)
 class ChatFailed:
     """A chat request could not be done: ``message`` says what and why (no secret in it)."""
+
+    message: str
+
+
+# Requests to the network unit (firmware/network_unit.py).
+
+
+@dataclass(frozen=True)
+class ScanWifi:
+    """Look for Wi-Fi networks; answered by WifiScanned or NetworkFailed."""
+
+
+@dataclass(frozen=True)
+class JoinWifi:
+    """Make the key for network ``ssid`` from ``passphrase`` (None: an open network); answered by
+    WifiKeyMade (the state keeps the network, and the unit joins what the profile lists)."""
+
+    ssid: bytes
+    passphrase: str | None = field(default=None, repr=False)
+
+
+NETWORK_EFFECTS = (ScanWifi, JoinWifi)
+
+# What the network unit tells.
+
+
+@dataclass(frozen=True)
+class WifiSeen:
+    ssid: bytes
+    secured: bool
+    signal_dbm: int
+
+
+@dataclass(frozen=True)
+class WifiScanned:
+    networks: tuple[WifiSeen, ...]
+    """Strongest first, one per name."""
+
+
+@dataclass(frozen=True)
+class WifiKeyMade:
+    network: WifiNetwork
+
+
+@dataclass(frozen=True)
+class NetworkShown:
+    """How the phone is connected, one short line per interface ("eth0 10.0.2.15", "wlan0 Home: 192.168.1.7")."""
+
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NetworkFailed:
+    """A network request could not be done; ``message`` says why (no key or passphrase in it)."""
 
     message: str

@@ -1,10 +1,11 @@
-"""What the owner keeps on the phone: settings, accounts and contacts, and their stored form.
+"""What the owner keeps on the phone: settings, accounts, contacts and Wi-Fi networks, and their stored form.
 
 Contract: every type here is a frozen value. ``to_record``/``from_record`` turn a part of the
 profile into the JSON kept in the encrypted store and back; ``from_record`` raises
 ``ProfileError`` (naming the record and the field, never a value) for anything malformed, so a
 damaged or hostile record is reported and the rest of the profile still loads. Passwords never
-appear in a repr, and an account whose password is not remembered is stored without it.
+appear in a repr, and an account whose password is not remembered is stored without it. A Wi-Fi
+network keeps the key derived from its passphrase, never the passphrase.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ SIP_TRANSPORTS = ("udp", "tcp", "tls")
 SETTINGS_RECORD = "settings"
 ACCOUNTS_RECORD = "accounts"
 CONTACTS_RECORD = "contacts"
-PROFILE_RECORDS = (SETTINGS_RECORD, ACCOUNTS_RECORD, CONTACTS_RECORD)
+NETWORKS_RECORD = "networks"
+PROFILE_RECORDS = (SETTINGS_RECORD, ACCOUNTS_RECORD, CONTACTS_RECORD, NETWORKS_RECORD)
+SSID_MAX_BYTES = 32
+PSK_BYTES = 32
+PASSPHRASE_MIN_CHARS, PASSPHRASE_MAX_CHARS = 8, 63
+"""A WPA passphrase's length (IEEE 802.11i); printable ASCII only."""
 
 
 class ProfileError(ValueError):
@@ -74,10 +80,31 @@ class Contact:
 
 
 @dataclass(frozen=True)
+class WifiNetwork:
+    """A Wi-Fi network the unlocked phone joins by itself: its SSID as the air carries it (bytes,
+    not always UTF-8) and its WPA key, the 32-byte PSK derived from the passphrase (the
+    passphrase itself is never kept), or None for an open network."""
+
+    ssid: bytes
+    psk: bytes | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return wifi_name(self.ssid)
+
+
+def wifi_name(ssid: bytes) -> str:
+    """An SSID as the screen shows it: UTF-8 where it is, "?" for anything unprintable."""
+    text = ssid.decode("utf-8", "replace").replace("\ufffd", "?")
+    return "".join(c if c.isprintable() else "?" for c in text) or "(hidden)"
+
+
+@dataclass(frozen=True)
 class Profile:
     settings: Settings = Settings()
     accounts: tuple[Account, ...] = ()
     contacts: tuple[Contact, ...] = ()
+    networks: tuple[WifiNetwork, ...] = ()
 
     def with_part(self, part: str, value: Any) -> "Profile":
         return replace(self, **{_PART_FIELDS[part]: value})
@@ -86,7 +113,8 @@ class Profile:
         return getattr(self, _PART_FIELDS[part])
 
 
-_PART_FIELDS = {SETTINGS_RECORD: "settings", ACCOUNTS_RECORD: "accounts", CONTACTS_RECORD: "contacts"}
+_PART_FIELDS = {SETTINGS_RECORD: "settings", ACCOUNTS_RECORD: "accounts", CONTACTS_RECORD: "contacts",
+                NETWORKS_RECORD: "networks"}
 
 
 def check_text(name: str, value: str, *, required: bool = True) -> str:
@@ -155,6 +183,23 @@ def make_contact(name: str, address: str = "", chat: str = "", group: str = "") 
                    check_address("contact", chat) if chat else "", check_text("group", group, required=False))
 
 
+def passphrase_problem(passphrase: str) -> str:
+    """What is wrong with a WPA passphrase ("" when nothing is); never repeats it."""
+    if not PASSPHRASE_MIN_CHARS <= len(passphrase) <= PASSPHRASE_MAX_CHARS:
+        return f"the passphrase must be {PASSPHRASE_MIN_CHARS} to {PASSPHRASE_MAX_CHARS} characters long"
+    if not all(" " <= char <= "~" for char in passphrase):
+        return "the passphrase may only contain printable ASCII characters"
+    return ""
+
+
+def make_wifi_network(ssid: bytes, psk: bytes | None) -> WifiNetwork:
+    if not isinstance(ssid, bytes) or not 1 <= len(ssid) <= SSID_MAX_BYTES:
+        raise ProfileError(f"a Wi-Fi name is 1 to {SSID_MAX_BYTES} bytes")
+    if psk is not None and (not isinstance(psk, bytes) or len(psk) != PSK_BYTES):
+        raise ProfileError(f"a Wi-Fi key is {PSK_BYTES} bytes")
+    return WifiNetwork(ssid, psk)
+
+
 def to_record(part: str, value: Any) -> bytes:
     """The stored form of one profile part (JSON; passwords only where remembered)."""
     if part == SETTINGS_RECORD:
@@ -165,6 +210,8 @@ def to_record(part: str, value: Any) -> bytes:
                  **({"password": a.password} if a.remember_password else {})} for a in value]
     elif part == CONTACTS_RECORD:
         data = [{"name": c.name, "address": c.address, "chat": c.chat, "group": c.group} for c in value]
+    elif part == NETWORKS_RECORD:
+        data = [{"ssid": n.ssid.hex(), "psk": n.psk.hex() if n.psk is not None else None} for n in value]
     else:
         raise ProfileError(f"unknown profile record {part!r}")
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
@@ -189,10 +236,13 @@ def from_record(part: str, raw: bytes, defaults: Settings) -> Any:
         if part == CONTACTS_RECORD:
             return tuple(make_contact(c["name"], c.get("address", ""), c.get("chat", ""), c.get("group", ""))
                          for c in _list(data))
-    except (KeyError, TypeError, AttributeError):
-        raise ProfileError(f"record {part!r} misses a field or has a wrong type") from None
+        if part == NETWORKS_RECORD:
+            return tuple(make_wifi_network(bytes.fromhex(n["ssid"]), None if n["psk"] is None else bytes.fromhex(n["psk"]))
+                         for n in _list(data))
     except ProfileError as e:
         raise ProfileError(f"record {part!r}: {e}") from None
+    except (KeyError, TypeError, AttributeError, ValueError):  # ValueError: hex that is not
+        raise ProfileError(f"record {part!r} misses a field or has a wrong type") from None
     raise ProfileError(f"unknown profile record {part!r}")
 
 

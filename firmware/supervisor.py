@@ -186,6 +186,9 @@ def phone_units(config: Config, gpio: Gpio, settings: Settings) -> list[Unit]:
             units.append(MissingUnit("chat", "enabled", f"cannot load {e.name or e}", fx.CHAT_EFFECTS))
         else:
             units.append(ChatUnit(config, access))
+    if config["network.enabled"]:
+        from firmware.network_unit import NetworkUnit
+        units.append(NetworkUnit(config))
     return units + build_units(config, gpio, route)
 
 

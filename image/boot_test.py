@@ -51,9 +51,12 @@ EXPECTED_CHECKS = (
 
 BOOT_CHECKS = {
     1: ("first_boot_asks_for_a_pin", "no_volume_before_the_pin", "pin_chosen", "data_is_luks2", "data_mounted",
-        "setting_changed", "state_in_the_volume"),
-    2: ("asks_for_the_pin", "wrong_pin_refused", "wrong_pin_mounts_nothing", "right_pin_unlocks", "state_is_back",
-        "duress_pin_set", "duress_wipes_to_a_new_phone", "keyslots_gone_after_wipe", "nothing_mounted_after_wipe"),
+        "setting_changed", "state_in_the_volume", "wifi_access_point", "wifi_found", "wifi_asks_its_key",
+        "wifi_given_to_wpa_supplicant", "wifi_joined", "wifi_shown", "wifi_key_not_kept"),
+    2: ("asks_for_the_pin", "wifi_access_point", "wifi_nothing_before_the_pin", "wrong_pin_refused",
+        "wrong_pin_mounts_nothing", "right_pin_unlocks", "state_is_back", "wifi_rejoined_after_unlock",
+        "duress_pin_set", "duress_wipes_to_a_new_phone", "keyslots_gone_after_wipe", "nothing_mounted_after_wipe",
+        "wifi_forgotten_after_wipe"),
 }
 """What each boot's owner checks on top of EXPECTED_CHECKS (image/overlay/usr/lib/byline/selftest.py)."""
 HOST_FROM_GUEST = "10.0.2.2"
@@ -215,7 +218,8 @@ def check(report: dict | None, result: dict, arch: str = "amd64", number: int = 
     result["guest"] = {k: info.get(k) for k in
                        ("first_frame_s", "uptime_s", "frame_size", "frames", "root", "tpmrm0", "byline_uid",
                         "failed_units", "journald_storage", "asked", "luks_keyslots", "records", "firmware_selftest",
-                        "luks_keyslots_after_wipe", "network", "error")}
+                        "luks_keyslots_after_wipe", "network", "wifi_list", "wifi_diagnosis", "wifi_address", "network_list",
+                        "error")}
     expected = (*EXPECTED_CHECKS, *BOOT_CHECKS.get(number, ()))
     for name in (n for n in expected if n not in waived):
         if checks.get(name) is not True:

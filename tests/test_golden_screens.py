@@ -13,11 +13,12 @@ from PIL import Image, ImageChops
 
 from dataclasses import replace
 
+from drivers.keys.events import KeyEvent
 from firmware.effects import (CallChanged, CallView, ChatKey, ChatLine, ChatLineAdded, ConversationChanged,
-                              ConversationView)
-from firmware.profile import Account, Contact, Profile
+                              ConversationView, NetworkShown, WifiScanned, WifiSeen)
+from firmware.profile import Account, Contact, Profile, WifiNetwork
 from firmware.scenario import headless_config, parse_script, run_script
-from firmware.state import MENU, PhoneState, step
+from firmware.state import MENU, PhoneState, section_items, step
 from firmware.ui.screens import render
 
 HERE = Path(__file__).resolve().parent
@@ -106,9 +107,31 @@ CHAT_SCREENS = {
 }
 
 
-@pytest.mark.parametrize("name", [*CALL_SCREENS, *CHAT_SCREENS])
-def test_call_and_chat_screens_match_golden(name):
-    frame = render({**CALL_SCREENS, **CHAT_SCREENS}[name])
+def network_state(*actions, lines=("eth0 192.168.1.23", "wlan0 Home", "wlan0 192.168.7.40")) -> PhoneState:
+    """The Network list of a phone that knows the Wi-Fi "Home", then ``actions`` (events or keys)."""
+    profile = Profile(networks=(WifiNetwork(b"Home", bytes(32)),))
+    state = PhoneState(screen="section", locked=False, clock="09:41", date="Thu 26 Nov", profile=profile,
+                       menu_index=MENU.index("Settings"))
+    state = step(state, NetworkShown(lines))
+    state = replace(state, section_index=[i.label for i in section_items(state)].index("Network"))
+    for action in ("ok", *actions):
+        state = step(state, KeyEvent(action, True)) if isinstance(action, str) else step(state, action)
+    return replace(state, effects=())
+
+
+SCANNED = WifiScanned((WifiSeen(b"Home", True, -41), WifiSeen("Café".encode(), False, -67),
+                       WifiSeen(b"Press Room 5G", True, -72)))
+NETWORK_SCREENS = {
+    "network_list": network_state(),
+    "wifi_searching": network_state("down", "down", "down", "ok"),
+    "wifi_found": network_state("down", "down", "down", "ok", SCANNED, "down", "down"),
+    "wifi_key": network_state("down", "down", "down", "ok", SCANNED, "down", "down", "ok", *"2468"),
+}
+
+
+@pytest.mark.parametrize("name", [*CALL_SCREENS, *CHAT_SCREENS, *NETWORK_SCREENS])
+def test_call_chat_and_network_screens_match_golden(name):
+    frame = render({**CALL_SCREENS, **CHAT_SCREENS, **NETWORK_SCREENS}[name])
     golden_path = GOLDEN / f"{name}.png"
     if UPDATE:
         frame.save(golden_path)

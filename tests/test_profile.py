@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from firmware.profile import (ACCOUNTS_RECORD, CONTACTS_RECORD, SETTINGS_RECORD, Account, Contact, ProfileError,
-                              Settings, from_record, make_account, to_record)
+from firmware.profile import (ACCOUNTS_RECORD, CONTACTS_RECORD, NETWORKS_RECORD, SETTINGS_RECORD, Account, Contact,
+                              ProfileError, Settings, WifiNetwork, from_record, make_account, to_record)
 
 DEFAULTS = Settings()
 
@@ -45,3 +45,19 @@ def test_settings_of_the_wrong_type_are_refused_and_unknown_ones_ignored():
     with pytest.raises(ProfileError, match="lock_after_s"):
         from_record(SETTINGS_RECORD, b'{"lock_after_s": "soon"}', DEFAULTS)
     assert from_record(SETTINGS_RECORD, b'{"from_the_future": 1}', DEFAULTS) == DEFAULTS
+
+
+def test_wifi_networks_round_trip_with_any_ssid_bytes_and_keep_only_the_derived_key():
+    networks = (WifiNetwork(b'Caf\xc3\xa9 "\\\n\xff', bytes(range(32))), WifiNetwork(b"Open", None))
+    record = to_record(NETWORKS_RECORD, networks)
+    assert from_record(NETWORKS_RECORD, record, DEFAULTS) == networks
+    assert networks[0].name == 'Café "\\??' and "psk" not in repr(networks[0])
+
+
+@pytest.mark.parametrize("raw", [
+    b'[{"ssid": "zz", "psk": null}]', b'[{"ssid": "", "psk": null}]', b'[{"ssid": "' + b"61" * 33 + b'", "psk": null}]',
+    b'[{"ssid": "61", "psk": "abcd"}]', b'[{"ssid": "61"}]', b'[{"ssid": 7, "psk": null}]', b'{"ssid": "61"}',
+])
+def test_a_hostile_networks_record_is_refused_by_name(raw):
+    with pytest.raises(ProfileError, match="record 'networks'"):
+        from_record(NETWORKS_RECORD, raw, DEFAULTS)

@@ -17,7 +17,8 @@ The package, one module a concern (lower ones never import higher ones, nor this
 - ``calls``: dialing, the hook, call keys, the call unit's answers, the call log, the lab's offer.
 - ``forms``: the account and contact forms.
 - ``pin``: PIN entry, locking and the store's answers.
-- ``menu``: the home screen, the menu and the sections' keys.
+- ``network``: the Network list, finding and joining Wi-Fi, the network unit's answers.
+- ``menu``: the home screen, the menu, the sections' and lists' keys.
 - here: :func:`step`, time, key routing and the tables of key and result handlers.
 """
 
@@ -30,12 +31,13 @@ from firmware import effects as fx
 from firmware.state.calls import (_account_status, _call_changed, _call_key, _call_logged, _dial_key, _hook,
                                   _lab_offered, sip_account)
 from firmware.state.chat import (CHAT_EDITS, _account_registered, _chat_failed, _chat_history, _chat_key,
-                                 _chat_key_shown, _chat_line_added, _chat_line_status, _conversation_changed, _list_key,
+                                 _chat_key_shown, _chat_line_added, _chat_line_status, _conversation_changed,
                                  _password_changed, _presence_shown, _roster_shown, _subscription_asked, chat_account,
                                  conversation_line, open_conversation, peer_name, standing, unread_line)
 from firmware.state.editor import _edit_key
 from firmware.state.forms import _form_key, form_lines
-from firmware.state.menu import _home_key, _menu_key, _section_key
+from firmware.state.menu import _home_key, _list_key, _menu_key, _section_key
+from firmware.state.network import _network_failed, _network_shown, _wifi_key_made, _wifi_scanned
 from firmware.state.model import (CALL_ENDED_SHOWN_S, CALL_LOG_SHOWN, CHAT_ROWS, DEFAULT_MIN_SECRET, DIAL_MAX_DIGITS,
                                   DIGITS, LOCK_AFTER_CHOICES, MENU, MOVE_DOWN, MOVE_UP, PIN_FLOWS, PIN_MAX_DIGITS,
                                   SCREEN_OFF_CHOICES, TEXT_MAX, VISIBLE_LINES, BootFinished, Choices, Editor, Event,
@@ -156,4 +158,8 @@ _RESULT_HANDLERS = {
     fx.AccountRegistered: _account_registered,
     fx.PasswordChanged: _password_changed,
     fx.ChatFailed: _chat_failed,
+    fx.WifiScanned: _wifi_scanned,
+    fx.WifiKeyMade: _wifi_key_made,
+    fx.NetworkShown: _network_shown,
+    fx.NetworkFailed: _network_failed,
 }

@@ -110,23 +110,6 @@ def _conversation_actions(state: PhoneState) -> tuple[Item, ...]:
             Item("Shared secret", ("secret", account, peer)))
 
 
-def _list_key(state: PhoneState, key: str) -> PhoneState:
-    choices = state.choices
-    if key == "back":
-        return replace(state, screen=choices.back, choices=None)
-    if key in MOVE_UP:
-        return replace(state, choices=replace(choices, selected=max(0, choices.selected - 1)))
-    if key in MOVE_DOWN:
-        return replace(state, choices=replace(choices, selected=min(len(choices.items) - 1, choices.selected + 1)))
-    if key == "ok" and choices.items[choices.selected].action:
-        return _chat_action(replace(state, screen=choices.back, choices=None), *_split(choices.items[choices.selected]))
-    return state
-
-
-def _split(item: Item) -> tuple[str, tuple]:
-    return item.action[0], item.action[1:]
-
-
 def _chat_action(state: PhoneState, verb: str, args: tuple) -> PhoneState:
     """What OK does on a chat item of the Messages section or of a list."""
     if verb == "open_chat":

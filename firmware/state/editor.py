@@ -12,6 +12,7 @@ from firmware import effects as fx
 from firmware.profile import ProfileError, check_text
 from firmware.state.chat import CHAT_EDITS, _commit_chat_edit
 from firmware.state.model import PhoneState, _open_editor, _request, _save_settings, _set_field
+from firmware.state.network import _commit_wifi_key
 
 
 def _edit_key(state: PhoneState, key: str) -> PhoneState:
@@ -36,6 +37,8 @@ def _commit_editor(state: PhoneState, text: str) -> PhoneState:
                         fx.ChangePassword(address, text))
     if kind == "field":
         return replace(_set_field(state, target, text), screen="form", editor=None)
+    if kind == "wifi_key":
+        return _commit_wifi_key(state, target, text)
     if kind == "setting":
         try:
             value = check_text(target, text, required=False)
@@ -52,7 +55,7 @@ def _close_editor(state: PhoneState) -> PhoneState:
         return replace(state, screen="chat", editor=None)
     if kind in ("field", "new_password"):
         return replace(state, screen="form", editor=None)
-    if kind == "setting":
+    if kind in ("setting", "wifi_key"):
         return replace(state, screen="section", editor=None)
     return _next_password_prompt(state)
 

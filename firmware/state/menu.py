@@ -11,6 +11,7 @@ from firmware import conversations as chat
 from firmware import effects as fx
 from firmware.profile import Profile
 from firmware.state.chat import _chat_action
+from firmware.state.network import NETWORK_VERBS, _network_action
 from firmware.state.forms import _account_form, _contact_form, _open_form
 from firmware.state.model import (DIGITS, LOCK_AFTER_CHOICES, MENU, MOVE_DOWN, MOVE_UP, SCREEN_OFF_CHOICES, PhoneState,
                                   PinEntry, _open_editor, _request, _save_settings)
@@ -87,4 +88,20 @@ def _section_action(state: PhoneState, action: tuple) -> PhoneState:
         return replace(state, screen="pin", pin=PinEntry(args[0]))
     if verb == "lock":
         return _lock(state)
+    if verb in NETWORK_VERBS:
+        return _network_action(state, verb, args)
     return _chat_action(state, verb, args)
+
+
+def _list_key(state: PhoneState, key: str) -> PhoneState:
+    """The list screen: moving, Back to where it came from, OK does its item's action."""
+    choices = state.choices
+    if key == "back":
+        return replace(state, screen=choices.back, choices=None)
+    if key in MOVE_UP:
+        return replace(state, choices=replace(choices, selected=max(0, choices.selected - 1)))
+    if key in MOVE_DOWN:
+        return replace(state, choices=replace(choices, selected=min(len(choices.items) - 1, choices.selected + 1)))
+    if key == "ok" and choices.items[choices.selected].action:
+        return _section_action(replace(state, screen=choices.back, choices=None), choices.items[choices.selected].action)
+    return state

@@ -33,6 +33,8 @@ TEXT_MAX = 200
 DIAL_MAX_DIGITS = 32
 CALL_LOG_SHOWN = 50
 CHAT_ROWS = 3
+TITLE_MAX = 16
+"""Characters of a list's or editor's title that fit the top line."""
 """Message rows under the conversation's security line."""
 CALL_ENDED_SHOWN_S = 3.0
 """How long "Call ended" stays on the screen (a key dismisses it sooner)."""
@@ -207,6 +209,10 @@ class PhoneState:
     chat_scroll: int = 0
     """Rows scrolled back from the newest in the open conversation."""
     choices: Choices | None = None
+    network_lines: tuple[str, ...] = ()
+    """How the phone is connected, one line per interface (the network unit's NetworkShown)."""
+    wifi_seen: tuple[fx.WifiSeen, ...] = ()
+    """The last Wi-Fi scan's networks, strongest first."""
     off_hook: bool = False
     screen_on: bool = True
     idle_since: float = 0.0
@@ -281,4 +287,4 @@ def _open_editor(state: PhoneState, target: tuple, label: str, text: str, *, sec
 
 
 def _open_choices(state: PhoneState, title: str, items: tuple[Item, ...], back: Screen = "section") -> PhoneState:
-    return replace(state, screen="list", choices=Choices(title[:16], items, back=back))
+    return replace(state, screen="list", choices=Choices(title[:TITLE_MAX], items, back=back))

@@ -62,6 +62,7 @@ def _settings_items(settings: Settings, notices: tuple[str, ...]) -> tuple[Item,
         Item(f"Call history: {_on_off(settings.call_history)}", ("toggle", "call_history")),
         Item(f"Msg history: {_on_off(settings.message_history)}", ("toggle", "message_history")),
         Item("Erase all history", ("erase_history",)),
+        Item("Network", ("network",)),
         *(Item(f"! {notice}") for notice in notices),
     )
 

@@ -6,10 +6,13 @@ the owner on the phone's keys (the socket /run/byline/keys) while reading what t
 (/run/byline/screen.txt), according to ``byline.boot=N`` on the kernel command line:
 
 - boot 1 (first boot): the phone asks for a new PIN; after it is chosen, the data partition is
-  LUKS2 and mounted, and a setting changed on the keypad is written into it;
-- boot 2: a wrong PIN does not unlock (nothing mounted); the right one does, and the setting is
-  back; then a duress PIN is set and entered: the phone is factory fresh and the LUKS2
-  keyslots are gone.
+  LUKS2 and mounted, and a setting changed on the keypad is written into it; then the owner
+  finds the lab's Wi-Fi network (two mac80211_hwsim radios: one is the phone's, the other an
+  access point run here), types its key and the phone gets an address on it;
+- boot 2: before the PIN the phone's wpa_supplicant knows no network; a wrong PIN does not
+  unlock (nothing mounted); the right one does, the setting is back and the phone joins the
+  Wi-Fi by itself; then a duress PIN is set and entered: the phone is factory fresh, the LUKS2
+  keyslots are gone and wpa_supplicant knows no network again.
 
 Every boot it also looks at the network: an address by DHCP, a default route, DNS through
 resolved's stub, the clock service, nothing listening beyond loopback and the DHCP clients, and
@@ -25,7 +28,11 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import time
+
+sys.path.insert(0, "/opt/byline")
+from firmware.text_entry import keys_for  # noqa: E402  (standard library only, like this script)
 
 PORT = "/dev/virtio-ports/org.byline.selftest"
 FRAMES = "/run/byline/frames"
@@ -119,6 +126,134 @@ def secrets_asked(title: str) -> tuple[str, str, str]:
     return PINS[word]
 
 
+WIFI_NAME = "Byline Lab"
+WIFI_KEY = "24681357"
+WIFI_PHONE, WIFI_ACCESS_POINT = "wlan0", "wlan1"
+WIFI_SUBNET = "192.168.77."
+WIFI_WAIT_S = 120
+WIFI_SCANS = 3
+ACCESS_POINT_NETWORK = f"""[Match]
+Name={WIFI_ACCESS_POINT}
+
+[Network]
+Address={WIFI_SUBNET}1/24
+DHCPServer=yes
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+
+[DHCPServer]
+PoolOffset=100
+PoolSize=50
+EmitDNS=no
+"""
+ACCESS_POINT_CONFIG = f"""ctrl_interface=/run/byline-lab-ap
+network={{
+    ssid="{WIFI_NAME}"
+    mode=2
+    frequency=2412
+    key_mgmt=WPA-PSK
+    proto=RSN
+    pairwise=CCMP
+    group=CCMP
+    psk="{WIFI_KEY}"
+}}
+"""
+
+
+def start_access_point(info: dict) -> bool:
+    """Two simulated radios: the phone's (its wpa_supplicant started by udev) and the lab's access
+    point on the other, with a DHCP server (networkd) and WPA2 (a wpa_supplicant in AP mode)."""
+    subprocess.run(["modprobe", "mac80211_hwsim", "radios=2"], capture_output=True)
+    if not wait(lambda: all(os.path.exists(f"/sys/class/net/{i}") for i in (WIFI_PHONE, WIFI_ACCESS_POINT)), 30):
+        info["wifi_error"] = "no hwsim radios"
+        return False
+    sh("systemctl", "stop", f"byline-wifi@{WIFI_ACCESS_POINT}.service")
+    os.makedirs("/run/systemd/network", exist_ok=True)
+    with open("/run/systemd/network/10-byline-lab-ap.network", "w") as file:
+        file.write(ACCESS_POINT_NETWORK)
+    sh("networkctl", "reload")
+    with open("/run/byline-lab-ap.conf", "w") as file:
+        file.write(ACCESS_POINT_CONFIG)
+    started = subprocess.run(["wpa_supplicant", "-B", "-D", "nl80211", "-i", WIFI_ACCESS_POINT,
+                              "-c", "/run/byline-lab-ap.conf", "-f", "/run/byline-lab-ap.log"], capture_output=True)
+    phone_ready = wait(lambda: os.path.exists(f"/run/wpa_supplicant/{WIFI_PHONE}"), 30)
+    info["wifi_phone_unit"] = sh("systemctl", "is-active", f"byline-wifi@{WIFI_PHONE}.service")
+    return started.returncode == 0 and phone_ready
+
+
+def phone_networks() -> list[str] | None:
+    """The networks the phone's wpa_supplicant knows (wpa_cli list_networks, header left out);
+    None when it did not answer."""
+    out = sh("wpa_cli", "-p", "/run/wpa_supplicant", "-i", WIFI_PHONE, "list_networks").splitlines()
+    if not out or not out[0].startswith("network id"):
+        return None
+    return [line for line in out[1:] if line.strip()]
+
+
+def wifi_address() -> str:
+    for link in ip_json("-4", "addr", "show", "dev", WIFI_PHONE):
+        for address in link.get("addr_info", []):
+            if address.get("local", "").startswith(WIFI_SUBNET):
+                return address["local"]
+    return ""
+
+
+def press_down_to(text: str, timeout: float = 60) -> bool:
+    """On a section or list screen: move the selection to the line showing ``text`` (from the top)."""
+    if not shows(text, timeout):
+        return False
+    items = screen()[1:]
+    index = next(i for i, line in enumerate(items) if text in line)
+    press(*["up"] * len(items), *["down"] * index)
+    return True
+
+
+def join_wifi(checks: dict, info: dict, pin: str) -> None:
+    """The owner, in Settings: Network, Find Wi-Fi, the lab's network, its key."""
+    if shows("Locked", 0):  # idle long enough under emulation for the screen lock
+        press(*pin, "ok")
+        shows("No account", UNLOCK_WAIT_S)
+    press("back", "back", "ok", "5")  # home, menu, Settings
+    found = press_down_to("Network")
+    if found:
+        press("ok")
+        found = press_down_to("Find Wi-Fi")
+    for _ in range(WIFI_SCANS):  # a scan can miss a beacon: "Find again", as an owner would
+        if not found:
+            break
+        press("ok")
+        shows("Searching...", 10)
+        wait(lambda: any(WIFI_NAME in line or "Find again" in line for line in screen()), WIFI_WAIT_S)
+        if press_down_to(WIFI_NAME, 0):
+            break
+        found = press_down_to("Find again", 0)
+    checks["wifi_found"] = any(WIFI_NAME in line for line in screen())
+    info["wifi_list"] = screen()
+    info["wifi_diagnosis"] = {
+        "phone_scan": sh("wpa_cli", "-p", "/run/wpa_supplicant", "-i", WIFI_PHONE, "scan_results").splitlines(),
+        "access_point": sh("wpa_cli", "-p", "/run/byline-lab-ap", "-i", WIFI_ACCESS_POINT, "status").splitlines(),
+        "access_point_log": sh("tail", "-n", "15", "/run/byline-lab-ap.log").splitlines(),
+        "phone_wpa_log": sh("journalctl", "-b", "--no-pager", "-o", "cat", "-n", "20",
+                            "-u", f"byline-wifi@{WIFI_PHONE}.service").splitlines(),
+    }
+    if not checks["wifi_found"]:
+        return
+    press("ok")
+    checks["wifi_asks_its_key"] = shows(f"Key {WIFI_NAME}", 30)
+    press(*keys_for(WIFI_KEY), "ok")
+    checks["wifi_given_to_wpa_supplicant"] = wait(lambda: any(WIFI_NAME in line for line in phone_networks() or ()), 60)
+    checks["wifi_joined"] = wait(lambda: bool(wifi_address()), WIFI_WAIT_S)
+    info["wifi_address"] = wifi_address()
+    # back in Settings, its selection still on Network; "*" wakes a blanked screen and is nothing on a section
+    press("*", "ok")
+    checks["wifi_shown"] = shows(f"{WIFI_PHONE} {WIFI_NAME}", 30)
+    info["network_list"] = screen()
+    # the key typed is kept nowhere: not in the logs, not in the (decrypted) data volume's files
+    journal = sh("journalctl", "-b", "--no-pager", "-o", "cat")
+    in_volume = subprocess.run(["grep", "-rlF", WIFI_KEY, MOUNT], capture_output=True, text=True).stdout
+    checks["wifi_key_not_kept"] = WIFI_KEY not in journal and not in_volume
+
+
 def first_boot(checks: dict, info: dict) -> None:
     checks["first_boot_asks_for_a_pin"] = shows("Choose ", WAIT_S)
     info["asked"] = screen()[:1]
@@ -137,11 +272,16 @@ def first_boot(checks: dict, info: dict) -> None:
     records = os.path.join(MOUNT, "records")
     checks["state_in_the_volume"] = wait(lambda: os.path.isdir(records) and len(os.listdir(records)) > 0, 30)
     info["records"] = len(os.listdir(records)) if os.path.isdir(records) else 0
+    checks["wifi_access_point"] = start_access_point(info)
+    join_wifi(checks, info, pin)
 
 
 def second_boot(checks: dict, info: dict) -> None:
     checks["asks_for_the_pin"] = shows("Enter ", WAIT_S)
     pin, wrong_pin, duress_pin = secrets_asked("Enter")
+    checks["wifi_access_point"] = start_access_point(info)
+    time.sleep(5)  # time enough for a phone that (wrongly) knew the network to join it
+    checks["wifi_nothing_before_the_pin"] = phone_networks() == [] and not wifi_address()
     press(*wrong_pin, "ok")
     checks["wrong_pin_refused"] = shows("Wrong: ", UNLOCK_WAIT_S) and shows("Enter ", 5)
     checks["wrong_pin_mounts_nothing"] = not mounted()
@@ -150,6 +290,8 @@ def second_boot(checks: dict, info: dict) -> None:
     press("ok", "5")
     checks["state_is_back"] = shows("Clock: 12h", 30)
     info["screen_after_unlock"] = screen()
+    checks["wifi_rejoined_after_unlock"] = wait(lambda: bool(wifi_address()), WIFI_WAIT_S)
+    info["wifi_address"] = wifi_address()
     # A duress PIN wipes at once: the LUKS2 keyslots go first.
     press("back", "back", "ok", "6", "down", "down", "down", "ok", *pin, "ok", *duress_pin, "ok", *duress_pin, "ok")
     checks["duress_pin_set"] = shows(": on", UNLOCK_WAIT_S)  # "Duress PIN: on"
@@ -161,6 +303,7 @@ def second_boot(checks: dict, info: dict) -> None:
     info["luks_keyslots_after_wipe"] = keyslots(dump)
     checks["keyslots_gone_after_wipe"] = keyslots(dump) == [] and "byline-header" not in dump
     checks["nothing_mounted_after_wipe"] = not mounted()
+    checks["wifi_forgotten_after_wipe"] = wait(lambda: phone_networks() == [], 30)
 
 
 def ip_json(*args: str) -> list:

@@ -269,7 +269,7 @@ class NetworkUnit(Unit):
             self._post(fx.NetworkFailed("No Wi-Fi here"))
             return
         self._scan_finished, self._scan_failed = asyncio.Event(), False
-        scanning, found = [], []
+        scanning, found, waited_out = [], [], False
         try:
             for control in controls:  # one interface's refusal is not the scan's
                 try:
@@ -281,7 +281,7 @@ class NetworkUnit(Unit):
                 try:
                     await asyncio.wait_for(self._scan_finished.wait(), self._scan_wait_s)
                 except asyncio.TimeoutError:
-                    pass  # read what there is
+                    waited_out = True  # read what there is
             for control in scanning:
                 try:
                     found += await control.scan_results()
@@ -289,6 +289,9 @@ class NetworkUnit(Unit):
                     log.warning("network: %s: %s", control.interface, e)
         finally:
             self._scan_finished = None
+        log.info("network: scan on %s: %d access point(s)%s%s", ", ".join(c.interface for c in scanning) or "nothing",
+                 len(found), " (wpa_supplicant said it failed)" if self._scan_failed else "",
+                 f" (no results event within {self._scan_wait_s} s)" if waited_out else "")
         if not found and (self._scan_failed or not scanning):
             self._post(fx.NetworkFailed("Wi-Fi scan failed"))
             return

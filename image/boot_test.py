@@ -45,6 +45,7 @@ EXPECTED_CHECKS = (
     "no_sshd", "no_swap", "journal_volatile", "byline_not_root", "byline_no_new_privileges",
     "byline_protect_system_strict", "tpm_device", "store_uses_tpm", "firmware_display", "firmware_audio",
     "network_address", "network_default_route", "network_dns_stub", "network_time_sync", "network_config_clean",
+    "network_no_dbus_wpa_supplicant",
     "network_nothing_listens",
     "lab_xmpp_reachable", "lab_sip_reachable",
 )

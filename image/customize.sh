@@ -53,13 +53,16 @@ for d in sorted(m.distributions(), key=lambda d: d.metadata["Name"].lower()):
 } > "$BYLINE_OUT/manifest.txt"
 
 # units: the phone on, the self-test (conditional on the kernel command line) on, no logins;
-# the network (DHCP, DNS through resolved's stub, the clock) on
+# the network (DHCP, DNS through resolved's stub, the clock) on; Debian's D-Bus-driven
+# wpa_supplicant off (the phone's own, byline-wifi@IFACE, has no D-Bus interface)
 in_root systemctl enable byline.service byline-selftest.service \
   systemd-networkd.service systemd-resolved.service systemd-timesyncd.service
 ln -sfn ../run/systemd/resolve/stub-resolv.conf "$R/etc/resolv.conf"
 in_root systemctl mask serial-getty@ttyS0.service serial-getty@ttyS1.service serial-getty@ttyAMA0.service \
   getty@tty1.service console-getty.service \
   systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
+in_root systemctl disable wpa_supplicant.service
+in_root systemctl mask wpa_supplicant.service
 in_root systemctl set-default multi-user.target
 
 # a machine-id made at each boot (root is read-only), nothing left of the build

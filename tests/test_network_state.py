@@ -41,6 +41,15 @@ def test_the_network_list_shows_each_interface_and_follows_changes():
     assert step(state, fx.NetworkShown(("eth0 10.0.2.15", "wlan0 scanning"))) is state, "nothing new, no redraw"
 
 
+def test_a_line_appearing_above_keeps_the_selection_on_its_item():
+    state = press(network_list(unlocked(Profile(networks=(HOME,)))), "down")
+    assert state.choices.items[state.choices.selected].label == "Find Wi-Fi"
+    state = step(state, fx.NetworkShown(("eth0 10.0.2.15", "wlan0 no network")))
+    assert state.choices.items[state.choices.selected].label == "Find Wi-Fi"
+    state, requests = take(press(state, "ok"))
+    assert requests == (fx.ScanWifi(),)
+
+
 def test_find_wifi_scans_then_lists_networks_strongest_first():
     state, requests = take(press(network_list(unlocked()), "down", "ok"))
     assert requests == (fx.ScanWifi(),) and labels(state) == ["Searching..."]

@@ -92,8 +92,12 @@ def _network_failed(state: PhoneState, event: fx.NetworkFailed) -> PhoneState:
 
 
 def _refresh(state: PhoneState, title: str, items: tuple[Item, ...]) -> PhoneState:
-    """New lines for the list titled ``title`` if it is the one open; the selection stays where it can."""
+    """New lines for the list titled ``title`` if it is the one open. The selection stays on the
+    same item (a line appearing above it must not move the owner's OK onto another), else where it was."""
     choices = state.choices
     if state.screen != "list" or choices is None or choices.title != title[:TITLE_MAX]:
         return state
-    return replace(state, choices=replace(choices, items=items, selected=min(choices.selected, len(items) - 1)))
+    current = choices.items[choices.selected] if choices.selected < len(choices.items) else None
+    same = [i for i, item in enumerate(items) if current is not None and item == current]
+    selected = same[0] if same else min(choices.selected, len(items) - 1)
+    return replace(state, choices=replace(choices, items=items, selected=selected))

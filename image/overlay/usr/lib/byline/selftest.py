@@ -163,11 +163,18 @@ network={{
 def start_access_point(info: dict) -> bool:
     """Two simulated radios: the phone's (its wpa_supplicant started by udev) and the lab's access
     point on the other, with a DHCP server (networkd) and WPA2 (a wpa_supplicant in AP mode)."""
+    # the phone's wpa_supplicant logs its debug lines to a file, for the report when Wi-Fi fails
+    os.makedirs("/run/systemd/system/byline-wifi@.service.d", exist_ok=True)
+    with open("/run/systemd/system/byline-wifi@.service.d/selftest-debug.conf", "w") as file:
+        file.write("[Service]\nExecStart=\nExecStart=/sbin/wpa_supplicant -D nl80211 -c /etc/wpa_supplicant/byline.conf "
+                   "-i %I -dd -t -f /run/wpa_supplicant/debug-%I.log\n")
+    # the access point's radio is not the phone's: udev must not start the phone's wpa_supplicant on it
+    sh("systemctl", "mask", "--runtime", f"byline-wifi@{WIFI_ACCESS_POINT}.service")
+    sh("systemctl", "daemon-reload")
     subprocess.run(["modprobe", "mac80211_hwsim", "radios=2"], capture_output=True)
     if not wait(lambda: all(os.path.exists(f"/sys/class/net/{i}") for i in (WIFI_PHONE, WIFI_ACCESS_POINT)), 30):
         info["wifi_error"] = "no hwsim radios"
         return False
-    sh("systemctl", "stop", f"byline-wifi@{WIFI_ACCESS_POINT}.service")
     os.makedirs("/run/systemd/network", exist_ok=True)
     with open("/run/systemd/network/10-byline-lab-ap.network", "w") as file:
         file.write(ACCESS_POINT_NETWORK)
@@ -217,6 +224,7 @@ def join_wifi(checks: dict, info: dict, pin: str) -> None:
     found = press_down_to("Network")
     if found:
         press("ok")
+        shows(f"{WIFI_PHONE} ", 30)  # the list is whole once the phone's radio is in it: then move
         found = press_down_to("Find Wi-Fi")
     for _ in range(WIFI_SCANS):  # a scan can miss a beacon: "Find again", as an owner would
         if not found:
@@ -233,9 +241,16 @@ def join_wifi(checks: dict, info: dict, pin: str) -> None:
         "phone_scan": sh("wpa_cli", "-p", "/run/wpa_supplicant", "-i", WIFI_PHONE, "scan_results").splitlines(),
         "access_point": sh("wpa_cli", "-p", "/run/byline-lab-ap", "-i", WIFI_ACCESS_POINT, "status").splitlines(),
         "access_point_log": sh("tail", "-n", "15", "/run/byline-lab-ap.log").splitlines(),
-        "phone_wpa_log": sh("journalctl", "-b", "--no-pager", "-o", "cat", "-n", "20",
-                            "-u", f"byline-wifi@{WIFI_PHONE}.service").splitlines(),
+        "phone_wpa_scan_lines": [line for line in sh("cat", f"/run/wpa_supplicant/debug-{WIFI_PHONE}.log").splitlines()
+                                 if "scan" in line.lower() or "SCAN" in line][-40:],
+        "phone_network_unit": [line for line in sh("journalctl", "-b", "--no-pager", "-o", "cat", "-u",
+                                                   "byline.service").splitlines() if "network" in line][-15:],
     }
+    if not checks["wifi_found"]:  # does wpa_supplicant itself see the access point?
+        sh("wpa_cli", "-p", "/run/wpa_supplicant", "-i", WIFI_PHONE, "scan")
+        time.sleep(15)
+        info["wifi_diagnosis"]["manual_scan"] = sh("wpa_cli", "-p", "/run/wpa_supplicant", "-i", WIFI_PHONE,
+                                                   "scan_results").splitlines()
     if not checks["wifi_found"]:
         return
     press("ok")
@@ -347,6 +362,8 @@ def network(checks: dict, info: dict) -> dict[str, str]:
     checks["network_dns_stub"] = resolv == STUB_RESOLV_CONF and "nameserver 127.0.0.53" in stub and \
         any(":" in line and line.split(":", 1)[1].strip() for line in info["network"]["dns"])
     checks["network_time_sync"] = sh("systemctl", "is-active", "systemd-timesyncd.service") == "active"
+    checks["network_no_dbus_wpa_supplicant"] = sh("systemctl", "is-enabled", "wpa_supplicant.service") == "masked" \
+        and sh("systemctl", "is-active", "wpa_supplicant.service") != "active"
     complaints = [line for line in sh("journalctl", "-b", "--no-pager", "-o", "cat", "-u", "systemd-networkd.service",
                                       "-u", "systemd-resolved.service", "-u", "systemd-timesyncd.service").splitlines()
                   if "Unknown key" in line or "Unknown section" in line or "Failed to parse" in line]

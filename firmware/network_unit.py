@@ -38,8 +38,9 @@ from firmware.units import GuardedTasks, Unit
 log = logging.getLogger(__name__)
 
 NETWORK_POLL_S = 2.0
-SCAN_WAIT_S = 10.0
-"""How long a scan may take before its results are read anyway (a dual-band scan takes 3-6 s)."""
+SCAN_WAIT_S = 20.0
+"""A bound on a scan before its results are read anyway: a dual-band scan takes 3-6 s on a Pi,
+8 s on QEMU's emulated radios; it normally ends with wpa_supplicant's SCAN-RESULTS event."""
 SCAN_SHOWN = 12
 STOP_FORGET_S = 2.0
 SYS_CLASS_NET = Path("/sys/class/net")

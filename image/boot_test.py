@@ -219,8 +219,7 @@ def check(report: dict | None, result: dict, arch: str = "amd64", number: int = 
     result["guest"] = {k: info.get(k) for k in
                        ("first_frame_s", "uptime_s", "frame_size", "frames", "root", "tpmrm0", "byline_uid",
                         "failed_units", "journald_storage", "asked", "luks_keyslots", "records", "firmware_selftest",
-                        "luks_keyslots_after_wipe", "network", "wifi_list", "wifi_diagnosis", "wifi_address", "network_list",
-                        "error")}
+                        "luks_keyslots_after_wipe", "network", "wifi_list", "wifi_address", "network_list", "error")}
     expected = (*EXPECTED_CHECKS, *BOOT_CHECKS.get(number, ()))
     for name in (n for n in expected if n not in waived):
         if checks.get(name) is not True:
@@ -232,6 +231,7 @@ def check(report: dict | None, result: dict, arch: str = "amd64", number: int = 
         result["guest_byline_log"] = info.get("byline_log_tail")
         result["guest_volume_log"] = info.get("byline_volume_log")
         result["guest_screen"] = info.get("screen")
+        result["guest_wifi_diagnosis"] = info.get("wifi_diagnosis")
 
 
 def main(argv: list[str] | None = None) -> int:

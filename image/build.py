@@ -307,6 +307,8 @@ def builder_rootfs(base: Path) -> Path:
     partial = builder.with_name(builder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     run("cp", "-a", "--reflink=auto", base, partial)
+    # the base's resolv.conf points at resolved's stub (/run, empty here): the host's, for apt
+    (partial / "etc/resolv.conf").unlink(missing_ok=True)
     shutil.copy2("/etc/resolv.conf", partial / "etc/resolv.conf")
     in_chroot(partial, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
               "--no-install-recommends " + " ".join(BUILDER_PACKAGES) + " >/dev/null",

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from firmware import effects as fx
-from firmware.network.wpa import Bss, wpa_psk
+from firmware.network.wpa import Bss
 from firmware.network_unit import NetworkUnit, strongest_by_name, wired_lines
 from firmware.profile import Profile, WifiNetwork
 from firmware.scenario import headless_config

@@ -7,10 +7,8 @@ teardown, so a failing test shows it.
 """
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
